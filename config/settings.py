@@ -1,0 +1,158 @@
+"""One settings object, read from the environment and from local.settings.json `Values`.
+
+The Functions host turns `Values` into environment variables; locally we read the
+file ourselves so that `geoetl serve` and `func start` see the same configuration.
+Environment variables win over the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+AZURITE_CONNECTION_STRING = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+)
+
+
+class LocalSettingsSource(PydanticBaseSettingsSource):
+    """Reads `Values` from local.settings.json (path from GEOETL_LOCAL_SETTINGS or the cwd)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = Path(os.environ.get("GEOETL_LOCAL_SETTINGS", "local.settings.json"))
+        self._values: dict[str, Any] = {}
+        if path.is_file():
+            data = json.loads(path.read_text())
+            self._values = {k.upper(): v for k, v in (data.get("Values") or {}).items()}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name.upper()), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.settings_cls.model_fields:
+            if name.upper() in self._values:
+                out[name] = self._values[name.upper()]
+        return out
+
+
+class Settings(BaseSettings):
+    """Every setting of geoetl. Names are the environment variable names (case-insensitive)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    # --- database
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://postgres:postgres@127.0.0.1:5432/geoetl"),
+        description="PostgreSQL (PostGIS + pgstac) connection URL.",
+    )
+    db_pool_min_size: int = Field(1, description="Connections kept open per process.")
+    db_pool_max_size: int = Field(10, description="Upper bound of connections per process.")
+
+    # --- blob storage
+    blob_backend: Literal["azure", "local"] = Field("azure", description="azure (Azure Blob / Azurite) or local folder.")
+    azure_storage_connection_string: SecretStr = Field(
+        SecretStr(AZURITE_CONNECTION_STRING),
+        description="Connection string of the storage account (defaults to Azurite on 127.0.0.1:10000).",
+    )
+    azure_storage_account_url: str = Field(
+        "", description="Account URL for managed identity (used instead of the connection string when set)."
+    )
+    local_blob_root: str = Field(".run/blobs", description="Root folder of the local blob backend.")
+    source_container: str = Field("rmhazuregeobronze", description="Default container of source files.")
+    intermediate_container: str = Field(
+        "geoetl-intermediate", description="Container for GeoParquet chunks (deleted when a job ends)."
+    )
+    max_source_bytes: int = Field(
+        10 * 1024**3, description="Source files larger than this are refused at submit (bytes)."
+    )
+
+    # --- queues
+    queue_backend: Literal["postgres", "servicebus"] = Field("postgres", description="postgres or servicebus.")
+    service_bus_connection_string: SecretStr = Field(SecretStr(""), description="Service Bus connection string.")
+    service_bus_namespace: str = Field(
+        "", description="Fully qualified Service Bus namespace for managed identity (instead of a string)."
+    )
+    jobs_queue: str = Field("geospatial-jobs", description="Queue of job (stage) messages.")
+    tasks_queue: str = Field("geospatial-tasks", description="Queue of task messages.")
+    queue_lock_seconds: int = Field(30, description="Peek-lock duration; workers renew it while a task runs.")
+    queue_max_delivery_count: int = Field(10, description="Deliveries before a message is dead-lettered.")
+    task_max_retries: int = Field(3, description="Retries of a task after a retryable error.")
+    task_retry_backoff_seconds: float = Field(0.5, description="First retry delay; doubles each attempt.")
+    job_stuck_after_seconds: int = Field(
+        3 * 3600, description="A job with no progress for this long is failed by the janitor."
+    )
+    janitor_interval_seconds: int = Field(30, description="How often a worker runs the janitor.")
+    worker_concurrency: int = Field(2, description="Messages a worker process handles at once.")
+
+    # --- API
+    api_host: str = Field("127.0.0.1", description="Address `geoetl serve` binds.")
+    api_port: int = Field(7071, description="Port `geoetl serve` binds.")
+    public_base_url: str = Field(
+        "http://127.0.0.1:7071", description="Base URL users reach the API at (used in links and job results)."
+    )
+    api_keys: SecretStr = Field(
+        SecretStr(""), description="Comma-separated keys; when set, write endpoints need x-functions-key or ?code=."
+    )
+    protect_reads: bool = Field(False, description="When true, reads also need a key (if API_KEYS is set).")
+    allowed_schemas: str = Field("geo", description="Comma-separated schemas ingest may write to.")
+    stac_collection: str = Field("system-vectors", description="pgstac collection of ingested tables.")
+    log_level: str = Field("INFO", description="Python log level.")
+
+    @field_validator("allowed_schemas")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return ",".join(s.strip().lower() for s in v.split(",") if s.strip())
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, LocalSettingsSource(settings_cls))
+
+    # --- derived values
+    @property
+    def dsn(self) -> str:
+        return self.database_url.get_secret_value()
+
+    @property
+    def schema_allow_list(self) -> list[str]:
+        return self.allowed_schemas.split(",") if self.allowed_schemas else []
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    @property
+    def base_url(self) -> str:
+        return self.public_base_url.rstrip("/")
+
+    def ogc_features_url(self, schema: str, table: str) -> str:
+        return f"{self.base_url}/api/features/collections/{schema}.{table}/items"
+
+    def viewer_url(self, table: str) -> str:
+        return f"{self.base_url}/api/vector/viewer?collection={table}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests change the environment)."""
+    get_settings.cache_clear()

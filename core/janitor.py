@@ -1,0 +1,85 @@
+"""Housekeeping that makes crashes harmless: stuck jobs, unfinished cleanups, unsent outbox rows.
+
+Messages of dead workers need no help here: their lock (visibility timeout) expires and they
+are delivered again. One janitor runs at a time (advisory lock).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from core import state
+from core.machine import CoreMachine
+from core.models import JobRecord
+from infrastructure import database
+
+log = logging.getLogger(__name__)
+JANITOR_LOCK = 7_071_000_100
+
+
+class Janitor:
+    def __init__(self, machine: CoreMachine) -> None:
+        self.machine = machine
+        self.settings = machine.settings
+
+    def run_once(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"ran": False}
+        with database.connect(autocommit=True) as lock_conn:
+            got = lock_conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", [JANITOR_LOCK]).fetchone()
+            if not got or not got["ok"]:
+                return report
+            try:
+                report = {
+                    "ran": True,
+                    "stuck_jobs_failed": self.fail_stuck_jobs(),
+                    "cleanups_done": self.finish_cleanups(),
+                    "outbox_relayed": self.relay_outbox(),
+                }
+            finally:
+                lock_conn.execute("SELECT pg_advisory_unlock(%s)", [JANITOR_LOCK])
+        if any(v for k, v in report.items() if k != "ran"):
+            log.info("janitor: %s", report)
+        return report
+
+    def fail_stuck_jobs(self) -> int:
+        """Jobs with no progress (job row or any task heartbeat) for job_stuck_after_seconds."""
+        with database.connection() as conn:
+            rows = conn.execute(
+                "SELECT j.job_id, j.stage FROM app.jobs j"
+                " WHERE j.status IN ('queued', 'processing')"
+                "   AND j.updated_at < now() - make_interval(secs => %(age)s)"
+                "   AND NOT EXISTS (SELECT 1 FROM app.tasks t WHERE t.parent_job_id = j.job_id"
+                "        AND greatest(t.updated_at, t.heartbeat_at) > now() - make_interval(secs => %(age)s))",
+                {"age": self.settings.job_stuck_after_seconds},
+            ).fetchall()
+        failed = 0
+        for r in rows:
+            details = {
+                "error": f"the job made no progress for {self.settings.job_stuck_after_seconds} seconds "
+                "and was failed by the janitor; submit it again to re-run it",
+                "stage": r["stage"],
+                "task_id": None,
+            }
+            with database.connection() as conn:
+                if state.fail_task_and_job(conn, None, r["job_id"], details):
+                    failed += 1
+        return failed
+
+    def finish_cleanups(self) -> int:
+        """Cleanups that a crash interrupted (jobs that ended but were never cleaned)."""
+        with database.connection() as conn:
+            rows = conn.execute(
+                "SELECT * FROM app.jobs WHERE status IN ('completed', 'failed') AND cleaned_up_at IS NULL"
+                " AND updated_at < now() - interval '30 seconds' ORDER BY updated_at LIMIT 50"
+            ).fetchall()
+        for r in rows:
+            job = JobRecord.model_validate(r)
+            self.machine.cleanup_job(job, failed=job.status == "failed")
+        return len(rows)
+
+    def relay_outbox(self) -> int:
+        relay = getattr(self.machine.queue, "relay", None)
+        if relay is None:
+            return 0
+        return int(relay(stale_after_seconds=60))

@@ -1,0 +1,114 @@
+"""Submitting a job: validate, hash, look up the existing job first, then check resources, then queue.
+
+The idempotency lookup comes before any check of the outside world, so resubmitting a running
+or finished job answers with that job, never with "table exists".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from config import get_settings
+from core import state
+from core.errors import ResourceNotFoundError
+from core.machine import CoreMachine
+from core.models import JobRecord
+from infrastructure import database
+
+
+class UnknownJobType(ResourceNotFoundError):
+    def __init__(self, job_type: str, known: list[str]) -> None:
+        super().__init__(f"unknown job type '{job_type}'. Registered job types: {', '.join(sorted(known))}")
+        self.known = known
+
+
+@dataclass
+class Submission:
+    job_id: str
+    job_type: str
+    status: str  # created | already_completed | queued | processing | rerun
+    parameters: dict[str, Any]
+    job: JobRecord | None = None
+    queue_info: dict[str, Any] = field(default_factory=dict)
+    rerun_from_stage: int | None = None
+
+    @property
+    def idempotent(self) -> bool:
+        return self.status not in ("created", "rerun")
+
+
+def submit_job(job_type: str, raw_params: Any, machine: CoreMachine | None = None) -> Submission:
+    machine = machine or CoreMachine()
+    job_cls = machine.jobs.get(job_type)
+    if job_cls is None:
+        raise UnknownJobType(job_type, list(machine.jobs))
+    params = job_cls.validate_parameters(raw_params)
+    job_id = job_cls.generate_job_id(params)
+
+    with database.connection() as conn:
+        existing = state.get_job(conn, job_id)
+    if existing is not None and existing.status != "failed":
+        status = "already_completed" if existing.status == "completed" else existing.status
+        return Submission(job_id, job_type, status, existing.parameters, existing)
+    if existing is not None:
+        return _rerun(machine, existing)
+
+    with database.connection() as conn:
+        job_cls.check_resources(params, conn)
+    record = JobRecord(
+        job_id=job_id,
+        job_type=job_type,
+        parameters=params,
+        total_stages=job_cls.total_stages(),
+        metadata=job_cls.metadata(params),
+    )
+    settings = get_settings()
+    with database.connection() as conn:
+        if not state.insert_job(conn, record):
+            conn.rollback()
+            current = state.get_job(conn, job_id)
+            assert current is not None
+            return Submission(job_id, job_type, current.status, current.parameters, current)
+        machine.send_job_message(conn, record, 1)
+    machine.queue.after_commit()
+    msg = machine.job_message(record, 1)
+    return Submission(
+        job_id,
+        job_type,
+        "created",
+        params,
+        record,
+        queue_info={
+            "queued": True,
+            "queue_type": machine.queue.backend,
+            "queue_name": settings.jobs_queue,
+            "message_id": msg.message_id,
+        },
+    )
+
+
+def _rerun(machine: CoreMachine, job: JobRecord) -> Submission:
+    """A failed job submitted again re-runs from the stage its job type says (after cleaning up)."""
+    job_cls = machine.jobs[job.job_type]
+    if job.cleaned_up_at is None:
+        machine.cleanup_job(job, failed=True)
+    from_stage = job_cls.restart_stage(job.stage)
+    with database.connection() as conn:
+        current = state.get_job(conn, job.job_id, lock=True)
+        if current is None or current.status != "failed":  # someone else re-ran it first
+            assert current is not None
+            return Submission(job.job_id, job.job_type, current.status, current.parameters, current)
+        run = state.prepare_rerun(conn, current, from_stage)
+        current.run = run
+        machine.send_job_message(conn, current, from_stage)
+    machine.queue.after_commit()
+    return Submission(
+        job.job_id,
+        job.job_type,
+        "rerun",
+        job.parameters,
+        current,
+        rerun_from_stage=from_stage,
+        queue_info={"queued": True, "queue_type": machine.queue.backend, "queue_name": get_settings().jobs_queue},
+    )

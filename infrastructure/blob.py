@@ -1,0 +1,218 @@
+"""Blob storage behind one interface: Azure Blob (Azurite locally) or a local folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from abc import ABC, abstractmethod
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from config import get_settings
+
+CONTAINER_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+
+
+class UnsafeBlobName(ValueError):
+    """A blob or container name that could escape its container or confuse storage."""
+
+
+def check_container_name(name: str) -> str:
+    if not isinstance(name, str) or not CONTAINER_RE.match(name):
+        raise UnsafeBlobName(
+            f"container_name {name!r} is not a valid container name "
+            "(3-63 characters: lowercase letters, digits and single hyphens)"
+        )
+    return name
+
+
+def check_blob_name(name: str) -> str:
+    """Blob names are relative paths with no traversal, control characters or backslashes."""
+    if not isinstance(name, str) or not name.strip():
+        raise UnsafeBlobName("blob_name must be a non-empty string")
+    if len(name) > 1024:
+        raise UnsafeBlobName("blob_name is longer than 1024 characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name) or "\\" in name:
+        raise UnsafeBlobName("blob_name contains control characters or backslashes")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise UnsafeBlobName("blob_name must be relative to its container, not an absolute path")
+    if any(part in ("..", ".") for part in name.split("/")):
+        raise UnsafeBlobName("blob_name must not contain '.' or '..' path segments")
+    return name
+
+
+class BlobStore(ABC):
+    backend: str
+
+    @abstractmethod
+    def container_exists(self, container: str) -> bool: ...
+
+    @abstractmethod
+    def create_container(self, container: str) -> None:
+        """Create the container when missing."""
+
+    @abstractmethod
+    def blob_size(self, container: str, name: str) -> int | None:
+        """Size in bytes, or None when the blob does not exist."""
+
+    def blob_exists(self, container: str, name: str) -> bool:
+        return self.blob_size(container, name) is not None
+
+    @abstractmethod
+    def upload_file(self, container: str, name: str, path: str | Path) -> None: ...
+
+    @abstractmethod
+    def write_bytes(self, container: str, name: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def download_to_file(self, container: str, name: str, path: str | Path) -> None:
+        """Stream a blob to a file; memory stays bounded whatever the size."""
+
+    @abstractmethod
+    def read_bytes(self, container: str, name: str) -> bytes: ...
+
+    @abstractmethod
+    def delete_prefix(self, container: str, prefix: str) -> int:
+        """Delete every blob under prefix; returns how many."""
+
+    @abstractmethod
+    def health(self) -> dict[str, Any]: ...
+
+
+class AzureBlobStore(BlobStore):
+    backend = "azure"
+
+    def __init__(self, connection_string: str = "", account_url: str = "") -> None:
+        from azure.storage.blob import BlobServiceClient
+
+        if account_url:
+            from azure.identity import DefaultAzureCredential  # type: ignore[import-not-found]
+
+            self.client = BlobServiceClient(account_url, credential=DefaultAzureCredential())
+        else:
+            self.client = BlobServiceClient.from_connection_string(connection_string)
+
+    def container_exists(self, container: str) -> bool:
+        return bool(self.client.get_container_client(check_container_name(container)).exists())
+
+    def create_container(self, container: str) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self.client.create_container(check_container_name(container))
+        except ResourceExistsError:
+            pass
+
+    def blob_size(self, container: str, name: str) -> int | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            props = self.client.get_blob_client(container, check_blob_name(name)).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return int(props.size)
+
+    def upload_file(self, container: str, name: str, path: str | Path) -> None:
+        with open(path, "rb") as f:
+            self.client.get_blob_client(container, check_blob_name(name)).upload_blob(
+                f, overwrite=True, max_concurrency=4
+            )
+
+    def write_bytes(self, container: str, name: str, data: bytes) -> None:
+        self.client.get_blob_client(container, check_blob_name(name)).upload_blob(data, overwrite=True)
+
+    def download_to_file(self, container: str, name: str, path: str | Path) -> None:
+        downloader = self.client.get_blob_client(container, check_blob_name(name)).download_blob(max_concurrency=2)
+        with open(path, "wb") as f:
+            downloader.readinto(f)
+
+    def read_bytes(self, container: str, name: str) -> bytes:
+        return bytes(self.client.get_blob_client(container, check_blob_name(name)).download_blob().readall())
+
+    def delete_prefix(self, container: str, prefix: str) -> int:
+        cc = self.client.get_container_client(container)
+        if not cc.exists():
+            return 0
+        names = [b.name for b in cc.list_blobs(name_starts_with=prefix)]
+        for i in range(0, len(names), 256):
+            cc.delete_blobs(*names[i : i + 256])
+        return len(names)
+
+    def health(self) -> dict[str, Any]:
+        info = self.client.get_account_information()
+        return {"backend": self.backend, "account_kind": info.get("account_kind"), "url": self.client.url}
+
+
+class LocalBlobStore(BlobStore):
+    """Containers are folders under root; names that would escape root are refused."""
+
+    backend = "local"
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _container(self, container: str) -> Path:
+        return self.root / check_container_name(container)
+
+    def _path(self, container: str, name: str) -> Path:
+        base = self._container(container).resolve()
+        p = (base / check_blob_name(name)).resolve()
+        if base not in p.parents:
+            raise UnsafeBlobName(f"blob_name {name!r} escapes its container")
+        return p
+
+    def container_exists(self, container: str) -> bool:
+        return self._container(container).is_dir()
+
+    def create_container(self, container: str) -> None:
+        self._container(container).mkdir(parents=True, exist_ok=True)
+
+    def blob_size(self, container: str, name: str) -> int | None:
+        p = self._path(container, name)
+        return p.stat().st_size if p.is_file() else None
+
+    def upload_file(self, container: str, name: str, path: str | Path) -> None:
+        dest = self._path(container, name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
+
+    def write_bytes(self, container: str, name: str, data: bytes) -> None:
+        dest = self._path(container, name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+
+    def download_to_file(self, container: str, name: str, path: str | Path) -> None:
+        shutil.copyfile(self._path(container, name), path)
+
+    def read_bytes(self, container: str, name: str) -> bytes:
+        return self._path(container, name).read_bytes()
+
+    def delete_prefix(self, container: str, prefix: str) -> int:
+        base = self._container(container)
+        if not base.is_dir():
+            return 0
+        count = 0
+        for p in list(base.rglob("*")):
+            rel = p.relative_to(base).as_posix()
+            if p.is_file() and rel.startswith(prefix):
+                p.unlink()
+                count += 1
+        return count
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": self.backend, "root": str(self.root), "writable": os.access(self.root, os.W_OK)}
+
+
+@lru_cache(maxsize=1)
+def get_blob_store() -> BlobStore:
+    s = get_settings()
+    if s.blob_backend == "local":
+        return LocalBlobStore(s.local_blob_root)
+    return AzureBlobStore(s.azure_storage_connection_string.get_secret_value(), s.azure_storage_account_url)

@@ -1,0 +1,75 @@
+"""The queue interface: Service Bus peek-lock semantics, whatever the backend."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+
+@dataclass
+class ReceivedMessage:
+    """A locked message. Settle it with complete, abandon or dead_letter before the lock expires."""
+
+    queue: str
+    message_id: str
+    body: dict[str, Any]
+    delivery_count: int
+    lock_token: str
+    handle: Any = field(default=None, repr=False)  # backend's own object (row id, SB message)
+
+
+@dataclass
+class OutgoingMessage:
+    message_id: str
+    body: dict[str, Any]
+    delay_seconds: float = 0.0
+
+
+class MessageQueue(ABC):
+    """Send inside a database transaction (outbox), receive with a lock, settle explicitly."""
+
+    backend: str
+
+    @abstractmethod
+    def send(self, conn: psycopg.Connection, queue: str, messages: Sequence[OutgoingMessage]) -> None:
+        """Record messages in the caller's transaction; they become visible when it commits."""
+
+    def after_commit(self) -> None:
+        """Push what the last transactions recorded (no-op when the outbox is the queue)."""
+
+    @abstractmethod
+    def receive(self, queue: str, max_messages: int = 1, lock_seconds: float | None = None) -> list[ReceivedMessage]:
+        ...
+
+    @abstractmethod
+    def complete(self, msg: ReceivedMessage, conn: psycopg.Connection | None = None) -> None:
+        """Remove the message; with conn, as part of that transaction."""
+
+    @abstractmethod
+    def abandon(self, msg: ReceivedMessage, delay_seconds: float = 0.0) -> None:
+        ...
+
+    @abstractmethod
+    def dead_letter(self, msg: ReceivedMessage, reason: str) -> None:
+        ...
+
+    @abstractmethod
+    def renew_lock(self, msg: ReceivedMessage) -> bool:
+        """Extend the lock; False when it was lost (another consumer may have the message)."""
+
+    def wait(self, timeout: float) -> None:
+        """Block until new messages may be available or timeout passes."""
+        import time
+
+        time.sleep(timeout)
+
+    @abstractmethod
+    def health(self) -> dict[str, Any]:
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads."""

@@ -1,0 +1,159 @@
+"""Queue in a PostgreSQL table: SKIP LOCKED dequeue, visibility timeout as the lock, LISTEN/NOTIFY wake-ups.
+
+Because messages are rows in the application database, sending them in the transaction that
+changes job state makes the outbox and the queue one and the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from config import get_settings
+from infrastructure import database
+from infrastructure.queues.base import MessageQueue, OutgoingMessage, ReceivedMessage
+
+log = logging.getLogger(__name__)
+CHANNEL = "geoetl_queue"
+
+_RECEIVE = """
+WITH next AS (
+    SELECT id FROM app.queue_messages
+     WHERE queue = %(queue)s AND visible_at <= clock_timestamp() AND dead_lettered_at IS NULL
+     ORDER BY visible_at, id
+     LIMIT %(n)s
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE app.queue_messages m
+   SET visible_at = clock_timestamp() + make_interval(secs => %(lock)s),
+       delivery_count = m.delivery_count + 1,
+       lock_token = gen_random_uuid()
+  FROM next
+ WHERE m.id = next.id
+RETURNING m.id, m.message_id, m.body, m.delivery_count, m.lock_token
+"""
+
+
+class PostgresQueue(MessageQueue):
+    backend = "postgres"
+
+    def __init__(self, lock_seconds: float | None = None) -> None:
+        self.lock_seconds = float(lock_seconds or get_settings().queue_lock_seconds)
+        self._wake = threading.Event()
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # --- sending
+    def send(self, conn: psycopg.Connection, queue: str, messages: Sequence[OutgoingMessage]) -> None:
+        if not messages:
+            return
+        conn.execute(
+            "INSERT INTO app.queue_messages (queue, message_id, body, visible_at)"
+            " SELECT %s, m, b::jsonb, clock_timestamp() + make_interval(secs => d)"
+            "   FROM unnest(%s::text[], %s::text[], %s::float8[]) AS u(m, b, d)"
+            " ON CONFLICT (queue, message_id) DO NOTHING",
+            [
+                queue,
+                [m.message_id for m in messages],
+                [json.dumps(m.body) for m in messages],
+                [m.delay_seconds for m in messages],
+            ],
+        )
+
+    # --- receiving and settling
+    def receive(self, queue: str, max_messages: int = 1, lock_seconds: float | None = None) -> list[ReceivedMessage]:
+        with database.connection() as conn:
+            rows = conn.execute(
+                _RECEIVE, {"queue": queue, "n": max_messages, "lock": lock_seconds or self.lock_seconds}
+            ).fetchall()
+        return [
+            ReceivedMessage(
+                queue=queue,
+                message_id=r["message_id"],
+                body=r["body"],
+                delivery_count=r["delivery_count"],
+                lock_token=str(r["lock_token"]),
+                handle=r["id"],
+            )
+            for r in rows
+        ]
+
+    def complete(self, msg: ReceivedMessage, conn: psycopg.Connection | None = None) -> None:
+        stmt = "DELETE FROM app.queue_messages WHERE id = %s AND lock_token = %s"
+        if conn is not None:
+            conn.execute(stmt, [msg.handle, msg.lock_token])
+            return
+        with database.connection() as c:
+            c.execute(stmt, [msg.handle, msg.lock_token])
+
+    def abandon(self, msg: ReceivedMessage, delay_seconds: float = 0.0) -> None:
+        with database.connection() as c:
+            c.execute(
+                "UPDATE app.queue_messages SET lock_token = NULL,"
+                " visible_at = clock_timestamp() + make_interval(secs => %s)"
+                " WHERE id = %s AND lock_token = %s",
+                [delay_seconds, msg.handle, msg.lock_token],
+            )
+
+    def dead_letter(self, msg: ReceivedMessage, reason: str) -> None:
+        with database.connection() as c:
+            c.execute(
+                "UPDATE app.queue_messages SET dead_lettered_at = now(), dead_letter_reason = %s, lock_token = NULL"
+                " WHERE id = %s",
+                [reason[:2000], msg.handle],
+            )
+
+    def renew_lock(self, msg: ReceivedMessage) -> bool:
+        with database.connection() as c:
+            row = c.execute(
+                "UPDATE app.queue_messages SET visible_at = clock_timestamp() + make_interval(secs => %s)"
+                " WHERE id = %s AND lock_token = %s RETURNING id",
+                [self.lock_seconds, msg.handle, msg.lock_token],
+            ).fetchone()
+        return row is not None
+
+    # --- waking idle consumers
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with database.connect(autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._wake.set()  # messages may have arrived while we were not listening
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            self._wake.set()
+            except psycopg.Error as exc:
+                log.warning("queue listener lost its connection (%s); reconnecting", type(exc).__name__)
+                self._stop.wait(1.0)
+
+    def wait(self, timeout: float) -> None:
+        if self._listener is None:
+            self._listener = threading.Thread(target=self._listen, name="queue-listener", daemon=True)
+            self._listener.start()
+        if self._wake.wait(timeout):
+            self._wake.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def health(self) -> dict[str, Any]:
+        with database.connection() as c:
+            rows = c.execute(
+                "SELECT queue, count(*) FILTER (WHERE dead_lettered_at IS NULL) AS active,"
+                " count(*) FILTER (WHERE dead_lettered_at IS NOT NULL) AS dead_lettered"
+                " FROM app.queue_messages GROUP BY queue"
+            ).fetchall()
+        s = get_settings()
+        depth = {r["queue"]: {"active": r["active"], "dead_lettered": r["dead_lettered"]} for r in rows}
+        return {
+            "backend": self.backend,
+            "queues": {q: depth.get(q, {"active": 0, "dead_lettered": 0}) for q in (s.jobs_queue, s.tasks_queue)},
+        }
+
+    def close(self) -> None:
+        self._stop.set()

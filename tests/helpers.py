@@ -1,0 +1,31 @@
+"""Helpers the tests share."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def job_status(job_id: str) -> str | None:
+    from core import state
+    from infrastructure import database as dbm
+
+    with dbm.connection() as conn:
+        job = state.get_job(conn, job_id)
+    return job.status.value if job else None
+
+
+def wait_for_job(job_id: str, timeout: float = 300.0) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = job_status(job_id)
+        if status in ("completed", "failed"):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish within {timeout}s (status {job_status(job_id)})")
+
+
+def submit(job_type: str, params: dict[str, Any]) -> str:
+    from core.submit import submit_job
+
+    return submit_job(job_type, params).job_id

@@ -1,0 +1,98 @@
+"""CoreMachine driven in-process: fan-out, stage advance, duplicates, failures, empty stages."""
+
+from __future__ import annotations
+
+from tests.helpers import submit
+
+
+def events(db, job_id):
+    return [(r["event"], r["stage"]) for r in db.execute(
+        "SELECT event, stage FROM app.job_events WHERE job_id = %s ORDER BY id", [job_id]).fetchall()]
+
+
+def test_hello_world_completes_and_sums(db, drain, nonce):
+    job_id = submit("hello_world", {"n": 25, "message": nonce})
+    assert drain(job_id) == "completed"
+    job = db.execute("SELECT * FROM app.jobs WHERE job_id = %s", [job_id]).fetchone()
+    assert job["result_data"]["sum"] == sum(range(25))
+    assert job["result_data"]["tasks_per_stage"] == {"1": 25, "2": 1}
+    assert events(db, job_id) == [("job_created", 1), ("stage_advanced", 1), ("job_completed", 2)]
+
+
+def test_zero_tasks_stage_completes(db, drain, nonce):
+    job_id = submit("hello_world", {"n": 0, "message": nonce})
+    assert drain(job_id) == "completed"
+    job = db.execute("SELECT result_data FROM app.jobs WHERE job_id = %s", [job_id]).fetchone()
+    assert job["result_data"]["sum"] == 0
+
+
+def test_every_message_delivered_twice(db, drain, nonce):
+    """A trigger copies every queued message once: the outcome is the same and nothing fails."""
+    db.execute("""
+        CREATE OR REPLACE FUNCTION app.test_duplicate() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.message_id NOT LIKE '%%#dup' THEN
+                INSERT INTO app.queue_messages (queue, message_id, body)
+                VALUES (NEW.queue, NEW.message_id || '#dup', NEW.body);
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE OR REPLACE TRIGGER test_duplicate AFTER INSERT ON app.queue_messages
+            FOR EACH ROW EXECUTE FUNCTION app.test_duplicate();
+    """)
+    try:
+        job_id = submit("hello_world", {"n": 40, "message": nonce})
+        assert drain(job_id) == "completed"
+        # let the duplicates of the last messages run too
+        drain(job_id)
+    finally:
+        db.execute("DROP TRIGGER test_duplicate ON app.queue_messages")
+    from triggers.worker import Worker
+
+    w = Worker(concurrency=1)
+    while (m := w.receive_one()) is not None:
+        w.handle(m)
+    job = db.execute("SELECT * FROM app.jobs WHERE job_id = %s", [job_id]).fetchone()
+    assert job["status"] == "completed"
+    assert job["result_data"]["sum"] == sum(range(40))
+    rows = db.execute(
+        "SELECT stage, status, count(*) AS n FROM app.tasks WHERE parent_job_id = %s GROUP BY 1, 2 ORDER BY 1",
+        [job_id]).fetchall()
+    assert [(r["stage"], r["status"], r["n"]) for r in rows] == [(1, "completed", 40), (2, "completed", 1)]
+    assert events(db, job_id).count(("stage_advanced", 1)) == 1
+    assert events(db, job_id).count(("job_completed", 2)) == 1
+
+
+def test_failure_rate_one_fails_job_cleanly(db, drain, nonce):
+    job_id = submit("hello_world", {"n": 5, "failure_rate": 1.0, "message": nonce})
+    assert drain(job_id) == "failed"
+    job = db.execute("SELECT * FROM app.jobs WHERE job_id = %s", [job_id]).fetchone()
+    assert job["stage"] == 1
+    err = job["error_details"]
+    assert err["stage"] == 1 and err["task_id"] and "simulated failure" in err["error"]
+    assert err["attempts"] == 4  # first try + TASK_MAX_RETRIES=3
+    statuses = {r["status"] for r in db.execute(
+        "SELECT status FROM app.tasks WHERE parent_job_id = %s", [job_id]).fetchall()}
+    assert "queued" not in statuses and "failed" in statuses
+    assert ("stage_advanced", 1) not in events(db, job_id)
+
+
+def test_failure_rate_with_retries_completes(db, drain, nonce):
+    job_id = submit("hello_world", {"n": 30, "failure_rate": 0.2, "message": "retry-" + nonce})
+    assert drain(job_id) == "completed"
+    attempts = db.execute(
+        "SELECT sum(attempts) AS a FROM app.tasks WHERE parent_job_id = %s", [job_id]).fetchone()["a"]
+    assert attempts > 31  # some tasks were retried
+
+
+def test_failed_job_resubmitted_reruns(db, drain, nonce):
+    from core.submit import submit_job
+
+    params = {"n": 3, "failure_rate": 1.0, "message": nonce}
+    job_id = submit("hello_world", params)
+    assert drain(job_id) == "failed"
+    again = submit_job("hello_world", params)
+    assert again.status == "rerun" and again.rerun_from_stage == 1 and again.job_id == job_id
+    job = db.execute("SELECT run, status FROM app.jobs WHERE job_id = %s", [job_id]).fetchone()
+    assert job["run"] == 2 and job["status"] == "queued"
+    assert drain(job_id) == "failed"

@@ -1,0 +1,165 @@
+"""`geoetl worker`: consumes the jobs and tasks queues with N threads until SIGTERM.
+
+Messages are settled in the transaction of their effects; a lock-renewal thread keeps long
+tasks' messages locked (and their tasks' heartbeats fresh); the janitor runs in one worker at
+a time. On SIGTERM the worker stops receiving, lets running tasks finish (up to a grace
+period) and gives back what it could not finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+from config import get_settings
+from core.janitor import Janitor
+from core.machine import CoreMachine
+from core.models import JobQueueMessage, TaskQueueMessage
+from infrastructure import database
+from infrastructure.queues import MessageQueue, ReceivedMessage, get_queue
+
+log = logging.getLogger("geoetl.worker")
+
+
+class Worker:
+    def __init__(self, concurrency: int | None = None, machine: CoreMachine | None = None) -> None:
+        self.settings = get_settings()
+        self.concurrency = max(1, concurrency or self.settings.worker_concurrency)
+        database.reserve_capacity(self.concurrency * 2 + 3)  # handler + settle, renewal, janitor, receive
+        self.queue: MessageQueue = get_queue()
+        self.machine = machine or CoreMachine(queue=self.queue)
+        self.stopping = threading.Event()
+        self._inflight: dict[int, ReceivedMessage] = {}
+        self._inflight_lock = threading.Lock()
+        self.handled = 0
+
+    # --- one message
+    def handle(self, msg: ReceivedMessage) -> str:
+        """Process one received message and settle it; never raises."""
+        key = id(msg)
+        with self._inflight_lock:
+            self._inflight[key] = msg
+        settled = False
+
+        def settle(conn: Any) -> None:
+            nonlocal settled
+            self.queue.complete(msg, conn)
+            settled = True
+
+        try:
+            if msg.delivery_count > self.settings.queue_max_delivery_count:
+                self.machine.fail_poison_message(msg.body, msg.delivery_count, settle)
+                self.queue.dead_letter(msg, f"delivered {msg.delivery_count} times")
+                return "dead_lettered"
+            if msg.queue == self.settings.jobs_queue:
+                outcome = self.machine.process_job_message(JobQueueMessage.model_validate(msg.body), settle)
+            else:
+                outcome = self.machine.process_task_message(TaskQueueMessage.model_validate(msg.body), settle)
+            if not settled:
+                self.queue.complete(msg)
+            return outcome
+        except ValidationError as exc:
+            log.error("malformed message %s dead-lettered: %s", msg.message_id, exc)
+            self.queue.dead_letter(msg, f"malformed message: {exc}")
+            return "malformed"
+        except Exception:
+            log.exception("message %s failed; it will be redelivered", msg.message_id)
+            delay = min(60.0, 2.0 ** min(msg.delivery_count, 6))
+            try:
+                self.queue.abandon(msg, delay)
+            except Exception:
+                log.exception("could not abandon %s; its lock will expire", msg.message_id)
+            return "abandoned"
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
+            self.handled += 1
+
+    def receive_one(self) -> ReceivedMessage | None:
+        """Job messages first: a new stage's fan-out should not wait behind thousands of tasks."""
+        for queue in (self.settings.jobs_queue, self.settings.tasks_queue):
+            got = self.queue.receive(queue, 1)
+            if got:
+                return got[0]
+        return None
+
+    # --- threads
+    def _consume(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                msg = self.receive_one()
+            except Exception:
+                log.exception("receiving failed; retrying shortly")
+                self.stopping.wait(2.0)
+                continue
+            if msg is None:
+                self.queue.wait(1.0)
+                continue
+            self.handle(msg)
+
+    def _renew_locks(self) -> None:
+        every = max(1.0, self.settings.queue_lock_seconds / 3)
+        while not self.stopping.wait(every) or self._inflight:
+            with self._inflight_lock:
+                msgs = list(self._inflight.values())
+            task_ids = [m.body.get("task_id") for m in msgs if m.body.get("task_id")]
+            for m in msgs:
+                try:
+                    self.queue.renew_lock(m)
+                except Exception:
+                    log.exception("lock renewal of %s failed", m.message_id)
+            if task_ids:
+                try:
+                    with database.connection() as conn:
+                        conn.execute(
+                            "UPDATE app.tasks SET heartbeat_at = now() WHERE task_id = ANY(%s)"
+                            " AND status = 'processing'",
+                            [task_ids],
+                        )
+                except Exception:
+                    log.exception("heartbeat update failed")
+            if self.stopping.is_set() and not self._inflight:
+                return
+
+    def _janitor(self) -> None:
+        janitor = Janitor(self.machine)
+        while not self.stopping.wait(self.settings.janitor_interval_seconds):
+            try:
+                janitor.run_once()
+            except Exception:
+                log.exception("janitor run failed")
+
+    def run(self, grace_seconds: float = 60.0) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        consumers = [
+            threading.Thread(target=self._consume, name=f"consumer-{i}", daemon=True) for i in range(self.concurrency)
+        ]
+        helpers = [
+            threading.Thread(target=self._renew_locks, name="lock-renewal", daemon=True),
+            threading.Thread(target=self._janitor, name="janitor", daemon=True),
+        ]
+        for t in consumers + helpers:
+            t.start()
+        log.info("worker started: %s consumers on %s", self.concurrency, self.queue.backend)
+        while not self.stopping.is_set():
+            self.stopping.wait(0.5)
+        log.info("stopping: waiting up to %.0fs for running tasks", grace_seconds)
+        deadline = time.monotonic() + grace_seconds
+        for t in consumers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self._inflight_lock:
+            leftover = list(self._inflight.values())
+        for m in leftover:  # give back what we could not finish
+            try:
+                self.queue.abandon(m)
+            except Exception:
+                log.exception("could not give back %s", m.message_id)
+        self.queue.close()
+        database.close_pool()
+        log.info("worker stopped after %s messages", self.handled)
