@@ -166,11 +166,17 @@ class CoreMachine:
                     stage=task.stage,
                     attempt=task.attempts,
                     conn=conn,
+                    run=message.run,
                 )
                 result = handler(task.parameters, ctx)
                 if not isinstance(result, dict):
                     raise TypeError(f"handler of {task.task_type} returned {type(result).__name__}, not a dict")
                 outcome = state.complete_task(conn, task.task_id, result)
+                if outcome["outcome"] in ("duplicate", "missing", "job_finished"):
+                    # Another delivery completed the task (or its job ended) while this one ran:
+                    # its effects (rows loaded in this transaction) must not commit a second time.
+                    conn.rollback()
+                    state.cancel_orphan_task(conn, task.task_id)
                 if outcome["outcome"] == "stage_completed":
                     self._after_stage_sql(conn, outcome, after)
                 settle(conn)

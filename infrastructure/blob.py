@@ -81,6 +81,10 @@ class BlobStore(ABC):
     def health(self) -> dict[str, Any]: ...
 
 
+# Fail fast when the service is unreachable instead of retrying for minutes.
+CLIENT_OPTIONS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 120, "retry_total": 3, "retry_backoff_max": 4}
+
+
 class AzureBlobStore(BlobStore):
     backend = "azure"
 
@@ -90,9 +94,9 @@ class AzureBlobStore(BlobStore):
         if account_url:
             from azure.identity import DefaultAzureCredential  # type: ignore[import-not-found]
 
-            self.client = BlobServiceClient(account_url, credential=DefaultAzureCredential())
+            self.client = BlobServiceClient(account_url, credential=DefaultAzureCredential(), **CLIENT_OPTIONS)
         else:
-            self.client = BlobServiceClient.from_connection_string(connection_string)
+            self.client = BlobServiceClient.from_connection_string(connection_string, **CLIENT_OPTIONS)
 
     def container_exists(self, container: str) -> bool:
         return bool(self.client.get_container_client(check_container_name(container)).exists())
@@ -141,7 +145,7 @@ class AzureBlobStore(BlobStore):
         return len(names)
 
     def health(self) -> dict[str, Any]:
-        info = self.client.get_account_information()
+        info = self.client.get_account_information(retry_total=0, connection_timeout=3)
         return {"backend": self.backend, "account_kind": info.get("account_kind"), "url": self.client.url}
 
 

@@ -43,6 +43,7 @@ def get_pool() -> ConnectionPool:
                 kwargs={"application_name": "geoetl"},
                 open=True,
                 name="geoetl",
+                timeout=5.0,
             )
             _pool_pid = os.getpid()
         return _pool

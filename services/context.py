@@ -19,6 +19,7 @@ class TaskContext:
     stage: int
     attempt: int
     conn: psycopg.Connection
+    run: int = 1  # the job's run (1 + re-runs after failure): keeps a re-run's intermediates apart
     heartbeat: Callable[[], None] = lambda: None
 
 

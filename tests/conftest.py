@@ -210,3 +210,29 @@ def workers(database: str) -> Iterator[WorkerPool]:
         yield pool
     finally:
         pool.stop_all()
+
+
+API_PORT = int(os.environ.get("GEOETL_TEST_API_PORT", "7171"))
+
+
+@pytest.fixture(scope="session")
+def api_server(database: str) -> Iterator[str]:
+    """The real API (`geoetl serve`) on the test port; yields its /api base URL."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    if port_open(API_PORT):
+        pytest.fail(f"port {API_PORT} is taken; the test API needs it", pytrace=False)
+    log = open(RUN_DIR / "api.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "triggers.cli", "serve", "--port", str(API_PORT)],
+        cwd=ROOT, env={**os.environ, **TEST_ENV}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_port(API_PORT, timeout=60)
+        yield f"http://127.0.0.1:{API_PORT}/api"
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+        log.close()

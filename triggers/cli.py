@@ -40,9 +40,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from infrastructure.blob import get_blob_store
     from infrastructure.migrate import migrate
 
-    print(json.dumps(migrate(), indent=2))
+    report = migrate()
+    if not args.no_storage:
+        s = get_settings()
+        store = get_blob_store()
+        for container in (s.source_container, s.intermediate_container):
+            store.create_container(container)
+        report["containers"] = [s.source_container, s.intermediate_container]
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -60,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, help="messages handled at once (default WORKER_CONCURRENCY)")
     w.set_defaults(func=cmd_worker)
 
-    m = sub.add_parser("migrate", help="create or upgrade the database (idempotent)")
+    m = sub.add_parser("migrate", help="create or upgrade the database and the default containers (idempotent)")
+    m.add_argument("--no-storage", action="store_true", help="skip creating the blob containers")
     m.set_defaults(func=cmd_migrate)
     return p
 

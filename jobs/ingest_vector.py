@@ -1,0 +1,329 @@
+"""ingest_vector: a vector file in blob storage -> one PostGIS table + its STAC item.
+
+Stage 1 (single)  prepare_chunks      stream the file, repair/reproject, write GeoParquet chunks
+Stage 2 (fan-out) upload_chunks       table created once (setup_stage), then one COPY task per chunk
+Stage 3 (single)  create_stac_record  indexes, ANALYZE, STAC item in pgstac
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from config import get_settings
+from core.errors import ConflictError, JobValidationError, ResourceNotFoundError
+from core.models import JobExecutionContext, JobRecord, TaskDefinition, TaskStatus
+from infrastructure import database
+from infrastructure.blob import UnsafeBlobName, check_blob_name, check_container_name, get_blob_store
+from jobs.base import JobBase, JobParameters, Stage, describe_validation_error, generate_task_id
+from services.vector.chunks import chunk_prefix
+from services.vector.formats import SUPPORTED_EXTENSIONS, ConverterParamsError, validate_converter_params
+from services.vector.identifiers import table_name_problem
+from services.vector.source import REQUIRED_SIDECARS, find_sidecar, shapefile_stem
+from services.vector.stac import delete_owned_item, tiles_url
+from services.vector.table import create_table, drop_hint, drop_owned_table, table_exists
+
+log = logging.getLogger(__name__)
+
+PREPARE, LOAD, CATALOG = "prepare_vector_chunks", "load_vector_chunk", "create_vector_stac"
+
+
+class IndexParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    spatial: bool = Field(True, description="GiST index on the geometry.")
+    attributes: list[str] = Field(default_factory=list, max_length=64, description="Columns to b-tree index.")
+    temporal: list[str] = Field(
+        default_factory=list, max_length=16, description="Date/timestamp columns: indexed, and the STAC datetime."
+    )
+
+
+class GeometryParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    simplify_tolerance: float | None = Field(None, gt=0, le=10, description="Douglas-Peucker tolerance (degrees).")
+    preserve_topology: bool = Field(True, description="Simplify without creating invalid geometries.")
+    quantize_grid: float | None = Field(None, gt=0, le=1, description="Snap coordinates to this grid (degrees).")
+
+
+class IngestVectorParameters(JobParameters):
+    blob_name: str = Field(..., description="Path of the file in its container.")
+    file_extension: str = Field(..., description=f"One of {', '.join(SUPPORTED_EXTENSIONS)}.")
+    table_name: str = Field(..., description="Target table (a new one).")
+    container_name: str = Field(default_factory=lambda: get_settings().source_container)
+    schema_: str = Field("geo", alias="schema", description="Target schema (from ALLOWED_SCHEMAS).")
+    chunk_size: int | None = Field(None, ge=1, le=1_000_000, description="Rows per chunk; automatic when absent.")
+    converter_params: dict[str, Any] = Field(default_factory=dict, description="Format-specific options.")
+    indexes: IndexParams = Field(default_factory=IndexParams)
+    geometry_params: GeometryParams = Field(default_factory=GeometryParams)
+    render_params: dict[str, Any] = Field(default_factory=dict, description="Kept for the viewer (STAC item).")
+
+
+class IngestVectorJob(JobBase):
+    job_type = "ingest_vector"
+    description = "Load a vector file into a PostGIS table with parallel chunked COPY, and catalog it in STAC"
+    stages = [
+        Stage(1, "prepare_chunks", PREPARE, "single", "read, validate, repair and chunk the file (GeoParquet)"),
+        Stage(2, "upload_chunks", LOAD, "fan_out", "COPY each chunk into the table created before the fan-out"),
+        Stage(3, "create_stac_record", CATALOG, "single", "indexes, ANALYZE and the STAC item"),
+    ]
+    Parameters = IngestVectorParameters
+
+    # ------------------------------------------------------------------ submission
+    @classmethod
+    def validate_parameters(cls, raw: Any) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise JobValidationError("the request body must be a JSON object of job parameters")
+        try:
+            model = cls.Parameters.model_validate(raw)
+        except ValidationError as exc:
+            message, field = describe_validation_error(exc)
+            raise JobValidationError(message, field=field) from None
+        params = model.model_dump(mode="json", by_alias=True)
+
+        ext = params["file_extension"].lower().lstrip(".")
+        if ext not in SUPPORTED_EXTENSIONS:
+            raise JobValidationError(
+                f"file_extension '{params['file_extension']}' is not supported. "
+                f"Supported: {', '.join(SUPPORTED_EXTENSIONS)}",
+                field="file_extension",
+                kind="unsupported_format",
+            )
+        params["file_extension"] = ext
+        problem = table_name_problem(params["table_name"])
+        if problem:
+            raise JobValidationError(problem, field="table_name", kind="invalid_table_name")
+        allowed = get_settings().schema_allow_list
+        if params["schema"] not in allowed:
+            raise JobValidationError(
+                f"schema '{params['schema']}' is not allowed. Allowed: {', '.join(allowed) or 'none'}",
+                field="schema",
+                kind="schema_not_allowed",
+            )
+        for field, check in (("blob_name", check_blob_name), ("container_name", check_container_name)):
+            try:
+                check(params[field])
+            except UnsafeBlobName as exc:
+                raise JobValidationError(str(exc), field=field, kind=f"invalid_{field}") from None
+        try:
+            params["converter_params"] = validate_converter_params(ext, params["converter_params"])
+        except ConverterParamsError as exc:
+            raise JobValidationError(str(exc), field=exc.field, kind="invalid_converter_params") from None
+        for kind in ("attributes", "temporal"):
+            if any(not c for c in params["indexes"][kind]):
+                raise JobValidationError(f"indexes.{kind} holds an empty column name", field=f"indexes.{kind}")
+        return params
+
+    @classmethod
+    def check_resources(cls, params: dict[str, Any], conn: psycopg.Connection) -> None:
+        store = get_blob_store()
+        container, blob = params["container_name"], params["blob_name"]
+        if not store.container_exists(container):
+            raise ResourceNotFoundError(f"container '{container}' does not exist")
+        size = store.blob_size(container, blob)
+        if size is None:
+            raise ResourceNotFoundError(f"file '{blob}' not found in container '{container}'")
+        total = size
+        if params["file_extension"] == "shp":
+            for suffix in REQUIRED_SIDECARS:
+                found = find_sidecar(store, container, blob, suffix)
+                if found is None:
+                    raise ResourceNotFoundError(
+                        f"file '{shapefile_stem(blob)}{suffix}' (part of Shapefile '{blob}') "
+                        f"not found in container '{container}'"
+                    )
+                total += found[1]
+        limit = get_settings().max_source_bytes
+        if total > limit:
+            raise JobValidationError(
+                f"file '{blob}' is {total} bytes, more than the limit of {limit} bytes (MAX_SOURCE_BYTES)",
+                field="blob_name",
+                kind="file_too_large",
+            )
+        if size == 0:
+            raise JobValidationError(f"file '{blob}' is empty (0 bytes)", field="blob_name", kind="empty_file")
+        if table_exists(conn, params["schema"], params["table_name"]):
+            raise ConflictError(drop_hint(params["schema"], params["table_name"]))
+
+    @classmethod
+    def metadata(cls, params: dict[str, Any]) -> dict[str, Any]:
+        return super().metadata(params) | {"target": f"{params['schema']}.{params['table_name']}"}
+
+    # ------------------------------------------------------------------ running
+    @classmethod
+    def setup_stage(
+        cls, conn: psycopg.Connection, job: JobRecord, stage: int, previous_results: list[dict[str, Any]]
+    ) -> None:
+        """Stage 2: create the table once, in the transaction that inserts the load tasks."""
+        if stage != 2:
+            return
+        prep = _single(previous_results, 1)
+        p = job.parameters
+        create_table(conn, p["schema"], p["table_name"], prep["columns"], prep["geometry_type"], job.job_id, job.run)
+
+    @classmethod
+    def create_tasks_for_stage(
+        cls, stage: int, params: dict[str, Any], job_id: str, previous_results: list[dict[str, Any]]
+    ) -> list[TaskDefinition]:
+        target = {"schema": params["schema"], "table_name": params["table_name"]}
+        if stage == 1:
+            keys = ("blob_name", "container_name", "file_extension", "chunk_size", "converter_params", "indexes",
+                    "geometry_params")
+            return [
+                TaskDefinition(
+                    task_id=generate_task_id(job_id, 1, "prepare"),
+                    task_type=PREPARE,
+                    parameters={**target, **{k: params[k] for k in keys}},
+                )
+            ]
+        if stage == 2:
+            prep = _single(previous_results, 1)
+            columns = [{"name": c["name"], "type": c["type"]} for c in prep["columns"]]
+            catalog = {"indexes": prep["indexes"], "geometry_type": prep["geometry_type"], "columns": columns}
+            return [
+                TaskDefinition(
+                    task_id=generate_task_id(job_id, 2, f"chunk_{i:05d}"),
+                    task_type=LOAD,
+                    parameters={
+                        **target,
+                        "chunk_path": chunk["path"],
+                        "chunk_index": i,
+                        "rows": chunk["rows"],
+                        "intermediate_container": prep["intermediate_container"],
+                        "columns": columns,
+                        **({"catalog": catalog} if i == 0 else {}),
+                    },
+                )
+                for i, chunk in enumerate(prep["chunks"])
+            ]
+        if stage == 3:
+            catalog = next((r["catalog"] for r in previous_results if "catalog" in r), None)
+            if catalog is None:
+                raise ValueError("stage 3 needs the table description that stage 2's first chunk carries")
+            return [
+                TaskDefinition(
+                    task_id=generate_task_id(job_id, 3, "stac"),
+                    task_type=CATALOG,
+                    parameters={
+                        **target,
+                        **catalog,
+                        "collection_id": get_settings().stac_collection,
+                        "source_file": params["blob_name"],
+                        "source_format": params["file_extension"],
+                        "source_container": params["container_name"],
+                        "render_params": params.get("render_params") or {},
+                        "job_id": job_id,
+                    },
+                )
+            ]
+        raise ValueError(f"ingest_vector has no stage {stage}")
+
+    @classmethod
+    def finalize_job(cls, context: JobExecutionContext) -> dict[str, Any]:
+        params = context.parameters
+        schema, table = params["schema"], params["table_name"]
+        settings = get_settings()
+        by_type: dict[str, list[Any]] = {PREPARE: [], LOAD: [], CATALOG: []}
+        for t in context.task_results:
+            by_type.setdefault(t.task_type, []).append(t)
+        prep = by_type[PREPARE][0].result_data if by_type[PREPARE] else {}
+        loads = by_type[LOAD]
+        done = [t for t in loads if t.status == TaskStatus.COMPLETED]
+        stac = by_type[CATALOG][0].result_data if by_type[CATALOG] else {}
+        total_chunks = int(prep.get("chunk_count", len(loads)))
+        rows = sum(int(t.result_data.get("rows_uploaded", 0)) for t in done)
+        return {
+            "job_type": cls.job_type,
+            "blob_name": params["blob_name"],
+            "container_name": params["container_name"],
+            "file_extension": params["file_extension"],
+            "schema": schema,
+            "table_name": table,
+            "table": f"{schema}.{table}",
+            "summary": {
+                "total_chunks": total_chunks,
+                "chunks_uploaded": len(done),
+                "total_rows_uploaded": rows,
+                "success_rate": f"{(len(done) / total_chunks * 100) if total_chunks else 0.0:.1f}%",
+                "data_complete": len(done) == total_chunks and rows == prep.get("total_rows"),
+                "source_features": prep.get("source_features"),
+                "features_dropped": prep.get("features_dropped"),
+                "features_dropped_total": prep.get("features_dropped_total"),
+                "features_repaired": prep.get("features_repaired"),
+                "geometry_type": prep.get("geometry_type"),
+                "geometry_stats": prep.get("geometry_stats"),
+                "columns": prep.get("columns"),
+                "source_crs": prep.get("source_crs"),
+                "chunk_size": prep.get("chunk_size"),
+                "values_out_of_range": sum(int(t.result_data.get("values_out_of_range", 0)) for t in done),
+            },
+            "stac": {
+                "collection_id": stac.get("collection_id"),
+                "stac_id": stac.get("stac_id"),
+                "bbox": stac.get("bbox"),
+            },
+            "ogc_features_url": settings.ogc_features_url(schema, table),
+            "tiles_url": tiles_url(schema, table),
+            "viewer_url": settings.viewer_url(table),
+            "stages_completed": context.current_stage,
+            "total_tasks_executed": len(context.task_results),
+            "seconds_per_stage": _stage_seconds(context),
+        }
+
+    @classmethod
+    def cleanup(cls, job: JobRecord, failed: bool) -> None:
+        """Delete this run's chunks; after a failure also the table (and STAC item) this run created."""
+        get_blob_store().delete_prefix(get_settings().intermediate_container, chunk_prefix(job.job_id, job.run))
+        if not failed:
+            return
+        schema, table = job.parameters["schema"], job.parameters["table_name"]
+        with database.connection() as conn:
+            if drop_owned_table(conn, schema, table, job.job_id, job.run):
+                log.info("dropped %s.%s left by failed job %s", schema, table, job.job_id)
+            delete_owned_item(conn, schema, table, job.job_id)
+
+    @classmethod
+    def restart_stage(cls, failed_stage: int) -> int:
+        return 1  # chunks and the table are deleted when a job fails: start from the file again
+
+    @classmethod
+    def progress_details(cls, conn: psycopg.Connection, job: JobRecord) -> dict[str, Any]:
+        row = conn.execute(
+            "SELECT max(jsonb_array_length(result_data -> 'chunks')) FILTER (WHERE stage = 1) AS chunks_total,"
+            " max((result_data ->> 'total_rows')::bigint) FILTER (WHERE stage = 1) AS rows_total,"
+            " count(*) FILTER (WHERE stage = 2) AS chunks_done,"
+            " coalesce(sum((result_data ->> 'rows_uploaded')::bigint) FILTER (WHERE stage = 2), 0) AS rows_loaded"
+            " FROM app.tasks WHERE parent_job_id = %s AND status = 'completed'",
+            [job.job_id],
+        ).fetchone()
+        if row is None:
+            return {}
+        return {
+            "chunks_total": row["chunks_total"],
+            "chunks_done": int(row["chunks_done"] or 0),
+            "rows_total": row["rows_total"],
+            "rows_loaded": int(row["rows_loaded"] or 0),
+        }
+
+
+def _single(results: list[dict[str, Any]], stage: int) -> dict[str, Any]:
+    if len(results) != 1:
+        raise ValueError(f"expected one completed stage-{stage} task, found {len(results)}")
+    return results[0]
+
+
+def _stage_seconds(context: JobExecutionContext) -> dict[str, float | None]:
+    """Wall-clock seconds per stage from the job's stage timings (the last stage ends now)."""
+    now = datetime.now(UTC)
+    out: dict[str, float | None] = {}
+    for stage in IngestVectorJob.stages:
+        timing = context.stage_timings.get(str(stage.number)) or {}
+        try:
+            start = datetime.fromisoformat(timing["started_at"])
+            end = datetime.fromisoformat(timing["completed_at"]) if timing.get("completed_at") else now
+            out[stage.name] = round((end - start).total_seconds(), 3)
+        except (KeyError, TypeError, ValueError):
+            out[stage.name] = None
+    return out

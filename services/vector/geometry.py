@@ -1,0 +1,255 @@
+"""Per-batch geometry preparation, vectorised with shapely 2 array functions.
+
+Order matters: drop nulls, force 2D, unpack collections, reproject to EPSG:4326, simplify or
+quantize, then repair in the final coordinates (validity depends on them) and promote to Multi*.
+Batches that are already valid pay only for the validity check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import shapely
+from pyproj import CRS, Transformer
+
+from core.errors import PermanentTaskError
+
+POINT, LINE, POLYGON, COLLECTION = "point", "line", "polygon", "collection"
+# shapely type ids: 0 Point, 1 LineString, 2 LinearRing, 3 Polygon, 4-6 Multi*, 7 GeometryCollection
+_FAMILY_BY_TYPE = np.array([POINT, LINE, LINE, POLYGON, POINT, LINE, POLYGON, COLLECTION], dtype=object)
+MULTI_TYPE = {POINT: "MultiPoint", LINE: "MultiLineString", POLYGON: "MultiPolygon"}
+_MULTI_OF = {POINT: shapely.multipoints, LINE: shapely.multilinestrings, POLYGON: shapely.multipolygons}
+_SINGLE_TYPE_IDS = (0, 1, 2, 3)
+WGS84 = CRS.from_epsg(4326)
+
+
+@dataclass
+class GeometryStats:
+    """Counts reported in the job result, summed over batches."""
+
+    null_geometry: int = 0
+    collapsed: int = 0
+    repaired: int = 0
+    z_dropped: int = 0
+    collections_unpacked: int = 0
+    families: set[str] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "null_geometry": self.null_geometry,
+            "collapsed": self.collapsed,
+            "repaired": self.repaired,
+            "z_dropped": self.z_dropped,
+            "collections_unpacked": self.collections_unpacked,
+        }
+
+
+@dataclass
+class GeometryOptions:
+    simplify_tolerance: float | None = None
+    preserve_topology: bool = True
+    quantize_grid: float | None = None
+
+
+class Reprojector:
+    """Source CRS to EPSG:4326, or a coordinate check when the source declares no CRS."""
+
+    def __init__(self, source_crs: str | None, label: str) -> None:
+        self.label = label
+        self.source = CRS.from_user_input(source_crs) if source_crs else None
+        self.transformer: Transformer | None = None
+        if self.source is not None and not self._is_wgs84(self.source):
+            self.transformer = Transformer.from_crs(self.source, WGS84, always_xy=True)
+
+    @staticmethod
+    def _is_wgs84(crs: CRS) -> bool:
+        two_d = crs.to_2d() if crs.is_geographic else crs
+        return bool(two_d.equals(WGS84, ignore_axis_order=True) or two_d.to_epsg() in (4326, 4979))
+
+    @property
+    def description(self) -> str:
+        if self.source is None:
+            return "none declared (taken as EPSG:4326)"
+        return self.source.to_string()
+
+    def apply(self, geoms: np.ndarray, present: np.ndarray, offset: int) -> np.ndarray:
+        if self.transformer is None:
+            if self.source is None:
+                self._check_lonlat(geoms, present, offset)
+            return geoms
+        t = self.transformer
+
+        def _xy(coords: np.ndarray) -> np.ndarray:
+            x, y = t.transform(coords[:, 0], coords[:, 1])
+            return np.column_stack([x, y])
+
+        out = geoms.copy()
+        out[present] = shapely.transform(geoms[present], _xy)
+        bounds = shapely.bounds(out[present])
+        bad = ~np.isfinite(bounds).all(axis=1)
+        if bad.any():
+            idx = offset + int(np.flatnonzero(present)[np.flatnonzero(bad)[0]])
+            raise PermanentTaskError(
+                f"{self.label}: feature {idx} cannot be reprojected from {self.source.to_string()} to EPSG:4326 "
+                "(its coordinates fall outside the projection's area of use); check the file's CRS "
+                "or set converter_params.crs"
+            )
+        return out
+
+    def _check_lonlat(self, geoms: np.ndarray, present: np.ndarray, offset: int) -> None:
+        if not present.any():
+            return
+        b = shapely.bounds(geoms[present])
+        bad = ~((b[:, 0] >= -180) & (b[:, 2] <= 180) & (b[:, 1] >= -90) & (b[:, 3] <= 90))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            idx = offset + int(np.flatnonzero(present)[i])
+            raise PermanentTaskError(
+                f"{self.label} declares no coordinate reference system and its coordinates do not fit "
+                f"EPSG:4326 (feature {idx} has bounds {[round(float(v), 3) for v in b[i]]}); "
+                "set converter_params.crs to the file's CRS (e.g. \"EPSG:27700\")"
+            )
+
+
+def families_of(geoms: np.ndarray) -> np.ndarray:
+    return _FAMILY_BY_TYPE[shapely.get_type_id(geoms)]
+
+
+def _flatten(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Single parts of (possibly nested) collections, with the index of the geometry each came from."""
+    parts, idx = shapely.get_parts(geoms, return_index=True)
+    while len(parts) and (shapely.get_type_id(parts) >= 4).any():
+        multi = shapely.get_type_id(parts) >= 4
+        sub, sub_idx = shapely.get_parts(parts[multi], return_index=True)
+        parts = np.concatenate([parts[~multi], sub])
+        idx = np.concatenate([idx[~multi], idx[multi][sub_idx]])
+        order = np.argsort(idx, kind="stable")
+        parts, idx = parts[order], idx[order]
+    return parts, idx
+
+
+def _collect(parts: np.ndarray, idx: np.ndarray, part_family: np.ndarray, n: int) -> np.ndarray:
+    """Rebuild one Multi* per index from its parts (every part of an index has the same family)."""
+    out = np.full(n, None, dtype=object)
+    for fam, make in _MULTI_OF.items():
+        sel = part_family == fam
+        if sel.any():
+            make(parts[sel], indices=idx[sel], out=out)
+    return out
+
+
+def unpack_collections(geoms: np.ndarray, offset: int, label: str, stats: GeometryStats) -> np.ndarray:
+    """GeometryCollections of one family become that Multi*; mixing families is refused, naming the feature."""
+    is_gc = shapely.get_type_id(geoms) == 7
+    if not is_gc.any():
+        return geoms
+    where = np.flatnonzero(is_gc)
+    parts, idx = _flatten(geoms[where])
+    keep = ~shapely.is_empty(parts)
+    parts, idx = parts[keep], idx[keep]
+    fam = families_of(parts)
+    for j in range(len(where)):
+        kinds = set(fam[idx == j])
+        if len(kinds) > 1:
+            raise PermanentTaskError(
+                f"{label}: feature {offset + int(where[j])} is a GeometryCollection mixing "
+                f"{' and '.join(sorted(kinds))} parts; a table column holds one kind of geometry per feature. "
+                "Split the collection in the source file"
+            )
+    out = geoms.copy()
+    rebuilt = _collect(parts, idx, fam, len(where))
+    rebuilt[shapely.is_missing(rebuilt)] = shapely.from_wkt("GEOMETRYCOLLECTION EMPTY")
+    out[where] = rebuilt
+    stats.collections_unpacked += len(where)
+    return out
+
+
+def repair(geoms: np.ndarray, offset: int, label: str, stats: GeometryStats) -> np.ndarray:
+    """make_valid the invalid ones, keeping only parts of the feature's own family (so areas are kept)."""
+    valid = shapely.is_valid(geoms) | shapely.is_missing(geoms)
+    if valid.all():
+        return geoms
+    where = np.flatnonzero(~valid)
+    family = families_of(geoms[where])
+    fixed = shapely.make_valid(geoms[where])
+    parts, idx = _flatten(fixed)
+    same = (families_of(parts) == family[idx]) & ~shapely.is_empty(parts)
+    rebuilt = _collect(parts[same], idx[same], family[idx[same]], len(where))
+    still_bad = ~shapely.is_missing(rebuilt) & ~shapely.is_valid(rebuilt)
+    if still_bad.any():
+        i = int(where[np.flatnonzero(still_bad)[0]])
+        reason = shapely.is_valid_reason(geoms[i])
+        raise PermanentTaskError(f"{label}: feature {offset + i} has a geometry that cannot be repaired ({reason})")
+    out = geoms.copy()
+    out[where] = rebuilt  # None where nothing of the family survived: counted as collapsed
+    stats.repaired += int((~shapely.is_missing(rebuilt)).sum())
+    return out
+
+
+def promote_to_multi(geoms: np.ndarray) -> np.ndarray:
+    type_ids = shapely.get_type_id(geoms)
+    single = np.isin(type_ids, _SINGLE_TYPE_IDS)
+    if not single.any():
+        return geoms
+    out = geoms.copy()
+    where = np.flatnonzero(single)
+    fam = _FAMILY_BY_TYPE[type_ids[where]]
+    out[where] = _collect(geoms[where], np.arange(len(where)), fam, len(where))
+    return out
+
+
+def prepare_geometries(
+    wkb: Any,
+    offset: int,
+    label: str,
+    reprojector: Reprojector,
+    options: GeometryOptions,
+    stats: GeometryStats,
+) -> tuple[np.ndarray, np.ndarray]:
+    """WKB of one batch -> (2D Multi* geometries in EPSG:4326, mask of the rows to keep)."""
+    raw = wkb.to_numpy(zero_copy_only=False) if hasattr(wkb, "to_numpy") else np.asarray(wkb, dtype=object)
+    try:
+        geoms = shapely.from_wkb(raw)
+    except shapely.errors.GEOSException:
+        geoms = shapely.from_wkb(raw, on_invalid="ignore")
+        bad = np.flatnonzero(shapely.is_missing(geoms) & np.array([v is not None for v in raw]))
+        i = int(bad[0]) if len(bad) else 0
+        raise PermanentTaskError(
+            f"{label}: feature {offset + i} has a geometry that cannot be decoded (curved or corrupt geometry?)"
+        ) from None
+
+    present = ~shapely.is_missing(geoms)
+    present &= ~shapely.is_empty(geoms)
+    stats.null_geometry += int((~present).sum())
+    if not present.any():
+        return geoms, present
+
+    has_z = shapely.has_z(geoms)
+    if has_z.any() or shapely.has_m(geoms).any():
+        stats.z_dropped += int(has_z.sum())
+        geoms = shapely.force_2d(geoms)
+
+    geoms = unpack_collections(geoms, offset, label, stats)
+    geoms = reprojector.apply(geoms, present, offset)
+    if options.simplify_tolerance:
+        geoms = shapely.simplify(geoms, options.simplify_tolerance, preserve_topology=options.preserve_topology)
+    if options.quantize_grid:
+        geoms = shapely.set_precision(geoms, options.quantize_grid)
+    geoms = repair(geoms, offset, label, stats)
+
+    alive = ~shapely.is_missing(geoms)
+    alive[alive] = ~shapely.is_empty(geoms[alive])
+    stats.collapsed += int((present & ~alive).sum())
+    keep = present & alive
+    geoms = promote_to_multi(geoms)
+    stats.families.update(set(families_of(geoms[keep])))
+    return geoms, keep
+
+
+def column_geometry_type(families: set[str]) -> str:
+    """One family -> its Multi* type; several -> a generic geometry column (documented policy)."""
+    if len(families) == 1:
+        return MULTI_TYPE[next(iter(families))]
+    return "Geometry"

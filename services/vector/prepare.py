@@ -1,0 +1,187 @@
+"""Stage 1 handler: stream the source in batches, prepare geometries and columns, write GeoParquet chunks.
+
+Memory stays bounded: the blob goes to a temporary file, GDAL hands over Arrow batches, and at
+most one chunk's rows are held before they are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyogrio
+import shapely
+
+from config import get_settings
+from core.errors import PermanentTaskError
+from infrastructure.blob import get_blob_store
+from services.context import TaskContext
+from services.vector import columns as C
+from services.vector.chunks import AUTO_MAX_BYTES, ChunkWriter, auto_chunk_size, chunk_prefix
+from services.vector.geometry import (
+    GeometryOptions,
+    GeometryStats,
+    Reprojector,
+    column_geometry_type,
+    prepare_geometries,
+)
+from services.vector.identifiers import GEOMETRY_COLUMN, ColumnNamer
+from services.vector.source import LayerSource, Source, download, open_source
+
+log = logging.getLogger(__name__)
+GDAL_BATCH_ROWS = 50_000
+
+
+class _Reader:
+    """Reads every layer of a source into the chunk writer, keeping the counts the job reports."""
+
+    def __init__(self, src: Source, options: GeometryOptions, writer: ChunkWriter) -> None:
+        self.src, self.options, self.writer = src, options, writer
+        self.namer = ColumnNamer()
+        self.types: dict[str, str] = {}
+        self.stats = GeometryStats()
+        self.features_read = 0
+        self.crs_seen: list[str] = []
+
+    def read_all(self) -> None:
+        for layer in self.src.layers:
+            self._read_layer(layer)
+
+    def _read_layer(self, layer: LayerSource) -> None:
+        kwargs: dict[str, Any] = dict(self.src.open_options)
+        if self.src.encoding:
+            kwargs["encoding"] = self.src.encoding
+        try:
+            with pyogrio.open_arrow(
+                layer.path, layer=layer.layer, batch_size=GDAL_BATCH_ROWS, use_pyarrow=True, **kwargs
+            ) as (meta, reader):
+                reprojector = Reprojector(self.src.crs or meta.get("crs"), layer.label)
+                self.crs_seen.append(reprojector.description)
+                geom_name = meta.get("geometry_name") or "wkb_geometry"
+                offset = 0
+                for batch in reader:
+                    if geom_name not in batch.schema.names:
+                        raise PermanentTaskError(f"{layer.label} has no geometry column")
+                    self._batch(batch, geom_name, reprojector, offset, layer.label)
+                    offset += batch.num_rows
+        except PermanentTaskError:
+            raise
+        except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, pyogrio.errors.FieldError) as exc:
+            raise PermanentTaskError(f"could not read {layer.label}: {exc}") from None
+
+    def _batch(self, batch: pa.RecordBatch, geom_name: str, reprojector: Reprojector, offset: int, label: str) -> None:
+        self.features_read += batch.num_rows
+        geoms, keep = prepare_geometries(
+            batch.column(geom_name), offset, label, reprojector, self.options, self.stats
+        )
+        names, arrays = [], []
+        for field, col in zip(batch.schema, batch.columns, strict=True):
+            if field.name == geom_name:
+                continue
+            clean = self.namer.name(field.name)
+            col = C.normalize(col)
+            self.types[clean] = C.merge_types(self.types.get(clean, C.NULL), C.pg_type_of(col.type))
+            names.append(clean)
+            arrays.append(col)
+        if not keep.any():
+            return
+        mask = pa.array(keep)
+        table = pa.table(arrays, names=names).filter(mask) if names else pa.table({})
+        wkb = pa.array(shapely.to_wkb(geoms[keep]), type=pa.binary())
+        table = table.append_column(GEOMETRY_COLUMN, wkb) if names else pa.table({GEOMETRY_COLUMN: wkb})
+        self.writer.add(table, self.stats.families)
+
+    def columns(self) -> list[dict[str, str]]:
+        return [
+            {"name": clean, "source_name": raw, "type": C.final_type(self.types.get(clean, C.NULL))}
+            for raw, clean in self.namer.mapping.items()
+        ]
+
+
+def _resolve_indexes(indexes: dict[str, Any], reader: _Reader, columns: list[dict[str, str]], label: str) -> dict:
+    types = {c["name"]: c["type"] for c in columns}
+    names = ", ".join(c["name"] for c in columns) or "none"
+    resolved: dict[str, Any] = {"spatial": bool(indexes.get("spatial", True)), "attributes": [], "temporal": []}
+    for kind in ("attributes", "temporal"):
+        for requested in indexes.get(kind) or []:
+            col = reader.namer.resolve(requested)
+            if col is None:
+                raise PermanentTaskError(
+                    f"indexes.{kind}: column '{requested}' is not in {label}; its columns are: {names}"
+                )
+            if kind == "temporal" and types[col] not in C.TEMPORAL_TYPES:
+                raise PermanentTaskError(
+                    f"indexes.temporal: column '{requested}' of {label} holds {types[col]} values, "
+                    "not dates or timestamps"
+                )
+            if col not in resolved[kind]:
+                resolved[kind].append(col)
+    return resolved
+
+
+def prepare_vector_chunks(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    started = time.monotonic()
+    settings = get_settings()
+    store = get_blob_store()
+    blob, container, ext = params["blob_name"], params["container_name"], params["file_extension"]
+    label = f"'{blob}'"
+    geometry = params.get("geometry_params") or {}
+    options = GeometryOptions(
+        simplify_tolerance=geometry.get("simplify_tolerance"),
+        preserve_topology=geometry.get("preserve_topology", True),
+        quantize_grid=geometry.get("quantize_grid"),
+    )
+    with tempfile.TemporaryDirectory(prefix="geoetl-src-") as tmp:
+        local = download(store, container, blob, ext, Path(tmp))
+        if local.stat().st_size == 0:
+            raise PermanentTaskError(f"file '{blob}' in container '{container}' is empty")
+        src = open_source(local, blob, ext, params.get("converter_params") or {}, settings.max_source_bytes)
+        chunk_size = params.get("chunk_size") or auto_chunk_size(src.feature_count)
+        writer = ChunkWriter(
+            store,
+            settings.intermediate_container,
+            chunk_prefix(ctx.job_id, ctx.run),
+            chunk_size,
+            None if params.get("chunk_size") else AUTO_MAX_BYTES,
+            label,
+        )
+        reader = _Reader(src, options, writer)
+        reader.read_all()
+        writer.close()
+
+    stats = reader.stats
+    if reader.features_read == 0:
+        raise PermanentTaskError(f"file '{blob}' contains no features")
+    if writer.rows == 0:
+        raise PermanentTaskError(
+            f"file '{blob}' has {reader.features_read} features but none with a usable geometry "
+            f"({stats.null_geometry} null or empty, {stats.collapsed} collapsed when repaired)"
+        )
+    columns = reader.columns()
+    dropped = {"null_geometry": stats.null_geometry, "collapsed": stats.collapsed}
+    assert reader.features_read - sum(dropped.values()) == writer.rows
+    return {
+        "chunks": writer.chunks,
+        "chunk_count": len(writer.chunks),
+        "chunk_size": chunk_size,
+        "chunk_size_auto": not params.get("chunk_size"),
+        "intermediate_container": settings.intermediate_container,
+        "chunk_prefix": chunk_prefix(ctx.job_id, ctx.run),
+        "source_features": reader.features_read,
+        "total_rows": writer.rows,
+        "features_dropped": dropped,
+        "features_dropped_total": sum(dropped.values()),
+        "features_repaired": stats.repaired,
+        "geometry_stats": stats.as_dict(),
+        "geometry_type": column_geometry_type(stats.families),
+        "geometry_families": sorted(stats.families),
+        "columns": columns,
+        "source_crs": reader.crs_seen,
+        "layers": [layer.layer for layer in src.layers if layer.layer],
+        "indexes": _resolve_indexes(params.get("indexes") or {}, reader, columns, label),
+        "seconds": round(time.monotonic() - started, 3),
+    }

@@ -1,0 +1,127 @@
+"""DDL of ingested tables: create once before the fan-out, index and analyze after the load, drop what we own.
+
+A table carries `COMMENT 'geoetl:<job_id>:r<run>'` so that the cleanup of a failed run drops only a
+table that run created, never a table somebody else made under the same name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from core.errors import PermanentTaskError
+from services.vector import columns as C
+from services.vector.identifiers import GEOMETRY_COLUMN, ID_COLUMN, MAX_IDENTIFIER_BYTES
+
+GEOMETRY_TYPES = ("MultiPoint", "MultiLineString", "MultiPolygon", "Geometry")
+
+
+def owner_tag(job_id: str, run: int) -> str:
+    return f"geoetl:{job_id}:r{run}"
+
+
+def qualified(schema: str, table: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+
+
+def table_comment(conn: psycopg.Connection, schema: str, table: str) -> tuple[bool, str | None]:
+    """(exists, comment) of a table."""
+    row = conn.execute(
+        "SELECT obj_description(c.oid, 'pg_class') AS comment FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+        [schema, table],
+    ).fetchone()
+    if row is None:
+        return False, None
+    return True, (row["comment"] if isinstance(row, dict) else row[0])
+
+
+def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
+    return table_comment(conn, schema, table)[0]
+
+
+def drop_hint(schema: str, table: str) -> str:
+    return (
+        f"Table {schema}.{table} already exists. To replace it, drop the table first:\n"
+        f"  DROP TABLE {schema}.{table} CASCADE;\n"
+        "Or choose a different table_name."
+    )
+
+
+def create_table(
+    conn: psycopg.Connection,
+    schema: str,
+    table: str,
+    columns: list[dict[str, Any]],
+    geometry_type: str,
+    job_id: str,
+    run: int,
+) -> None:
+    """Create the target table (in the caller's transaction); replace only a leftover of this same job."""
+    if geometry_type not in GEOMETRY_TYPES:
+        raise ValueError(f"unsupported geometry column type {geometry_type!r}")
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    exists, comment = table_comment(conn, schema, table)
+    if exists:
+        if comment and comment.startswith(f"geoetl:{job_id}:"):
+            conn.execute(sql.SQL("DROP TABLE {}").format(qualified(schema, table)))
+        else:
+            raise PermanentTaskError(drop_hint(schema, table))
+    defs = [
+        sql.SQL("{} bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY").format(sql.Identifier(ID_COLUMN)),
+        sql.SQL("{} geometry({}, 4326) NOT NULL").format(sql.Identifier(GEOMETRY_COLUMN), sql.SQL(geometry_type)),
+    ]
+    for col in columns:
+        pg_type = C.final_type(col["type"])
+        if pg_type not in C.PG_TYPES:
+            raise ValueError(f"unsupported column type {pg_type!r}")
+        defs.append(sql.SQL("{} {}").format(sql.Identifier(col["name"]), sql.SQL(pg_type)))
+    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(qualified(schema, table), sql.SQL(", ").join(defs)))
+    conn.execute(
+        sql.SQL("COMMENT ON TABLE {} IS {}").format(qualified(schema, table), sql.Literal(owner_tag(job_id, run)))
+    )
+
+
+def drop_owned_table(conn: psycopg.Connection, schema: str, table: str, job_id: str, run: int) -> bool:
+    """Drop the table only when this job run created it; True when dropped."""
+    conn.execute("SET LOCAL lock_timeout = '10s'")
+    exists, comment = table_comment(conn, schema, table)
+    if not exists or comment != owner_tag(job_id, run):
+        return False
+    conn.execute(sql.SQL("DROP TABLE {} CASCADE").format(qualified(schema, table)))
+    return True
+
+
+def index_name(table: str, suffix: str) -> str:
+    name = f"{table}_{suffix}"
+    if len(name.encode()) <= MAX_IDENTIFIER_BYTES:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{table[: MAX_IDENTIFIER_BYTES - len(suffix) - 10]}_{digest}_{suffix}"[:MAX_IDENTIFIER_BYTES]
+
+
+def create_indexes(
+    conn: psycopg.Connection, schema: str, table: str, spatial: bool, attributes: list[str], temporal: list[str]
+) -> list[str]:
+    """Indexes after the load (building GiST first doubles load time); IF NOT EXISTS makes re-runs harmless."""
+    made = []
+    target = qualified(schema, table)
+    plan: list[tuple[str, sql.Composable]] = []
+    if spatial:
+        plan.append(("geom_gist", sql.SQL("USING gist ({})").format(sql.Identifier(GEOMETRY_COLUMN))))
+    for col in attributes:
+        plan.append((f"{col}_idx", sql.SQL("({})").format(sql.Identifier(col))))
+    for col in temporal:
+        if col not in attributes:
+            plan.append((f"{col}_tidx", sql.SQL("({})").format(sql.Identifier(col))))
+    for suffix, body in plan:
+        name = index_name(table, suffix)
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} {}").format(sql.Identifier(name), target, body)
+        )
+        made.append(name)
+    conn.execute(sql.SQL("ANALYZE {}").format(target))
+    return made

@@ -1,0 +1,47 @@
+"""The FastAPI application: job API, health, and the serving layer, all under /api."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from config import get_settings
+from infrastructure import database
+from triggers import errors, health, serving
+
+log = logging.getLogger("geoetl.api")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    database.get_pool()
+    await serving.startup(app)
+    try:
+        yield
+    finally:
+        await serving.shutdown(app)
+        database.close_pool()
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    logging.getLogger().setLevel(settings.log_level.upper())
+    app = FastAPI(
+        title="geoetl",
+        description="Geospatial ingest orchestrator: submit jobs, follow them, query the results.",
+        version="0.1.0",
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(health.router, prefix="/api")
+    from triggers import jobs_api
+
+    app.include_router(jobs_api.router, prefix="/api")
+    serving.register(app)
+    return app
