@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import psycopg
@@ -61,7 +62,20 @@ def migrate_app(dsn: str) -> list[str]:
     return applied
 
 
-def migrate_pgstac(dsn: str) -> str:
+def migrate_pgstac(dsn: str, attempts: int = 3) -> str:
+    """pgstac's roles are cluster-wide: a migration of another database at the same moment can
+    collide on them ("tuple concurrently updated"), so such a collision is retried."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _migrate_pgstac_once(dsn)
+        except psycopg.errors.InternalError as exc:
+            if "concurrently" not in str(exc) or attempt == attempts:
+                raise
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
+
+
+def _migrate_pgstac_once(dsn: str) -> str:
     from pypgstac.db import PgstacDB
     from pypgstac.migrate import Migrate
 

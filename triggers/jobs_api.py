@@ -233,6 +233,7 @@ def _check_job_id(job_id: str) -> None:
     "/jobs/status/{job_id}",
     summary="Status of a job, with per-stage progress",
     response_model=JobStatusResponse,
+    response_model_exclude_none=True,
     responses={400: ERRORS[400], 404: {"model": ErrorBody, "description": "Unknown job"}},
     dependencies=[Depends(require_read_key)],
 )
