@@ -101,7 +101,8 @@ class Settings(BaseSettings):
         "http://127.0.0.1:7071", description="Base URL users reach the API at (used in links and job results)."
     )
     api_keys: SecretStr = Field(
-        SecretStr(""), description="Comma-separated keys; when set, write endpoints need x-functions-key or ?code=."
+        SecretStr(""),
+        description="Comma-separated keys; when set, write endpoints need x-functions-key or ?code=.",
     )
     protect_reads: bool = Field(False, description="When true, reads also need a key (if API_KEYS is set).")
     allowed_schemas: str = Field("geo", description="Comma-separated schemas ingest may write to.")

@@ -181,7 +181,7 @@ class CoreMachine:
                     self._after_stage_sql(conn, outcome, after)
                 settle(conn)
             result_name = str(outcome["outcome"])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any handler error is the task's failure, classified below
             result_name = self._task_failed(task, exc, settle, after)
         self._after_commit(after)
         return result_name
@@ -197,7 +197,9 @@ class CoreMachine:
                 return "job_finished"
             if retry:
                 delay = self.settings.task_retry_backoff_seconds * 2 ** (task.attempts - 1)
-                log.warning("task %s attempt %s failed (%s); retrying in %.1fs", task.task_id, task.attempts, error, delay)
+                log.warning(
+                    "task %s attempt %s failed (%s); retrying in %.1fs", task.task_id, task.attempts, error, delay
+                )
                 state.set_task_retrying(conn, task.task_id, error)
                 self.queue.send(
                     conn,

@@ -14,9 +14,8 @@ ACTIVE_JOB = ("queued", "processing")
 
 
 def get_job(conn: psycopg.Connection, job_id: str, lock: bool = False) -> JobRecord | None:
-    row = conn.execute(
-        "SELECT * FROM app.jobs WHERE job_id = %s" + (" FOR UPDATE" if lock else ""), [job_id]
-    ).fetchone()
+    query = "SELECT * FROM app.jobs WHERE job_id = %s FOR UPDATE" if lock else "SELECT * FROM app.jobs WHERE job_id = %s"
+    row = conn.execute(query, [job_id]).fetchone()
     return JobRecord.model_validate(row) if row else None
 
 

@@ -82,7 +82,12 @@ class BlobStore(ABC):
 
 
 # Fail fast when the service is unreachable instead of retrying for minutes.
-CLIENT_OPTIONS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 120, "retry_total": 3, "retry_backoff_max": 4}
+CLIENT_OPTIONS: dict[str, Any] = {
+    "connection_timeout": 5,
+    "read_timeout": 120,
+    "retry_total": 3,
+    "retry_backoff_max": 4,
+}
 
 
 class AzureBlobStore(BlobStore):

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from config.settings import Settings  # noqa: E402
+from config.settings import Settings
 
 HOST_VALUES = {
     "FUNCTIONS_WORKER_RUNTIME": ("python", "Functions host: the language worker."),

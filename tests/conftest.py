@@ -108,8 +108,8 @@ def database(azurite: None) -> Iterator[str]:
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL is not reachable at {TEST_DB}: {exc}. Run the tests with `make test`.", pytrace=False)
     migrate()
-    from infrastructure.blob import get_blob_store
     from config import get_settings
+    from infrastructure.blob import get_blob_store
 
     store = get_blob_store()
     for c in (get_settings().source_container, get_settings().intermediate_container):

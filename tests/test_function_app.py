@@ -13,7 +13,6 @@ from azure.functions.servicebus import ServiceBusMessage
 from core.models import JobQueueMessage, TaskQueueMessage
 from tests.helpers import job_status
 
-
 FUNCTIONS: dict = {}
 
 

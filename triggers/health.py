@@ -80,7 +80,8 @@ def run_checks() -> tuple[bool, dict[str, Any]]:
             components[name] = {"status": "unhealthy", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         components[name]["ms"] = round((time.perf_counter() - t0) * 1000, 1)
     failing = [n for n, c in components.items() if c["status"] != "healthy"]
-    return not failing, {"status": "healthy" if not failing else "unhealthy", "failing": failing, "components": components}
+    status = "healthy" if not failing else "unhealthy"
+    return not failing, {"status": status, "failing": failing, "components": components}
 
 
 @router.get("/health", summary="Health of the database, blob store, queue and registries")

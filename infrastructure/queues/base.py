@@ -38,7 +38,7 @@ class MessageQueue(ABC):
     def send(self, conn: psycopg.Connection, queue: str, messages: Sequence[OutgoingMessage]) -> None:
         """Record messages in the caller's transaction; they become visible when it commits."""
 
-    def after_commit(self) -> None:
+    def after_commit(self) -> None:  # noqa: B027 - a hook most backends do not need
         """Push what the last transactions recorded (no-op when the outbox is the queue)."""
 
     @abstractmethod
@@ -71,5 +71,5 @@ class MessageQueue(ABC):
     def health(self) -> dict[str, Any]:
         ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook most backends do not need
         """Release connections and threads."""
