@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(10, description="Upper bound of connections per process.")
 
     # --- blob storage
-    blob_backend: Literal["azure", "local"] = Field("azure", description="azure (Azure Blob / Azurite) or local folder.")
+    blob_backend: Literal["azure", "local"] = Field(
+        "azure", description="azure (Azure Blob / Azurite) or local folder."
+    )
     azure_storage_connection_string: SecretStr = Field(
         SecretStr(AZURITE_CONNECTION_STRING),
         description="Connection string of the storage account (defaults to Azurite on 127.0.0.1:10000).",

@@ -14,8 +14,10 @@ ACTIVE_JOB = ("queued", "processing")
 
 
 def get_job(conn: psycopg.Connection, job_id: str, lock: bool = False) -> JobRecord | None:
-    query = "SELECT * FROM app.jobs WHERE job_id = %s FOR UPDATE" if lock else "SELECT * FROM app.jobs WHERE job_id = %s"
-    row = conn.execute(query, [job_id]).fetchone()
+    if lock:
+        row = conn.execute("SELECT * FROM app.jobs WHERE job_id = %s FOR UPDATE", [job_id]).fetchone()
+    else:
+        row = conn.execute("SELECT * FROM app.jobs WHERE job_id = %s", [job_id]).fetchone()
     return JobRecord.model_validate(row) if row else None
 
 

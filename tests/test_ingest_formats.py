@@ -171,3 +171,16 @@ def test_zip_shp_name(db, drain, nonce):
     failed = vf.run_ingest(drain, db, params(blob, "zip", f"zipm_{nonce}"))
     assert failed["status"] == "failed"
     assert "a.shp" in failed["error_details"]["error"] and "shp_name" in failed["error_details"]["error"]
+
+
+def test_shp_encoding_param(db, drain, nonce):
+    gdf = vf.frame(3)
+    gdf["name"] = ["Zürich", "Besançon", "Málaga"]
+    folder = vf.tmpdir()
+    gdf.to_file(folder / "towns.shp", driver="ESRI Shapefile", encoding="latin1")
+    files = {p.suffix: p for p in folder.glob("towns.*") if p.suffix != ".cpg"}
+    blob = vf.upload_shapefile(nonce, files, "towns")
+    job = vf.run_ingest(drain, db, params(blob, "shp", f"enc_{nonce}", converter_params={"encoding": "latin1"}))
+    check_loaded(db, job, f"enc_{nonce}", 3)
+    names = {r["name"] for r in db.execute(f"SELECT name FROM geo.enc_{nonce}").fetchall()}
+    assert names == {"Zürich", "Besançon", "Málaga"}

@@ -127,14 +127,14 @@ def test_null_geometries_are_dropped_and_counted(db, drain, nonce):
 
 
 def test_only_null_geometries_fails(db, drain, nonce):
-    job, table = ingest_geojson(db, drain, nonce, "allnull", [(None, {"n": 1}), (None, {"n": 2})])
+    job, _table = ingest_geojson(db, drain, nonce, "allnull", [(None, {"n": 1}), (None, {"n": 2})])
     assert job["status"] == "failed"
     assert "none with a usable geometry" in job["error_details"]["error"]
     assert "allnull.geojson" in job["error_details"]["error"]
 
 
 def test_empty_feature_collection_fails(db, drain, nonce):
-    job, table = ingest_geojson(db, drain, nonce, "nofeat", [])
+    job, _table = ingest_geojson(db, drain, nonce, "nofeat", [])
     assert job["status"] == "failed"
     assert "contains no features" in job["error_details"]["error"]
 
@@ -196,7 +196,7 @@ def test_simplify_and_quantize(db, drain, nonce):
 
 
 def test_unknown_index_column_fails_naming_it(db, drain, nonce):
-    job, table = ingest_geojson(db, drain, nonce, "badidx", [(Point(0, 0), {"a": 1})],
+    job, _table = ingest_geojson(db, drain, nonce, "badidx", [(Point(0, 0), {"a": 1})],
                                 indexes={"attributes": ["nope"]})
     assert job["status"] == "failed"
     assert "indexes.attributes" in job["error_details"]["error"] and "'nope'" in job["error_details"]["error"]

@@ -51,7 +51,8 @@ def _wgs84_projjson() -> dict[str, Any]:
 def geo_metadata(families: set[str]) -> bytes:
     types = sorted(MULTI_TYPE[f] for f in families)
     column = {"encoding": "WKB", "geometry_types": types, "crs": _wgs84_projjson()}
-    return json.dumps({"version": "1.1.0", "primary_column": GEOMETRY_COLUMN, "columns": {GEOMETRY_COLUMN: column}}).encode()
+    doc = {"version": "1.1.0", "primary_column": GEOMETRY_COLUMN, "columns": {GEOMETRY_COLUMN: column}}
+    return json.dumps(doc).encode()
 
 
 class ChunkWriter:

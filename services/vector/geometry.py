@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import shapely
 from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
 
 from core.errors import PermanentTaskError
 
@@ -58,10 +59,15 @@ class Reprojector:
 
     def __init__(self, source_crs: str | None, label: str) -> None:
         self.label = label
-        self.source = CRS.from_user_input(source_crs) if source_crs else None
         self.transformer: Transformer | None = None
-        if self.source is not None and not self._is_wgs84(self.source):
-            self.transformer = Transformer.from_crs(self.source, WGS84, always_xy=True)
+        try:
+            self.source = CRS.from_user_input(source_crs) if source_crs else None
+            if self.source is not None and not self._is_wgs84(self.source):
+                self.transformer = Transformer.from_crs(self.source, WGS84, always_xy=True)
+        except CRSError as exc:
+            raise PermanentTaskError(
+                f"{label}: its coordinate reference system cannot be used ({exc}); set converter_params.crs"
+            ) from None
 
     @staticmethod
     def _is_wgs84(crs: CRS) -> bool:

@@ -73,6 +73,8 @@ def load_vector_chunk(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any
         chunk = read_chunk(get_blob_store(), container, path, Path(tmp))
         try:
             rows, stats = copy_table(ctx.conn, schema, table, chunk.iter_batches(batch_size=50_000), params["columns"])
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            raise PermanentTaskError(f"loading chunk '{path}' into {schema}.{table} failed: {exc}") from None
         finally:
             chunk.close()
     expected = params.get("rows")

@@ -19,6 +19,8 @@ from core.errors import PermanentTaskError
 from infrastructure.blob import BlobStore
 from services.vector.formats import FORMAT_NAMES
 
+# What GDAL raises for unreadable data (pyogrio's errors are RuntimeErrors).
+GDAL_ERRORS = (RuntimeError, OSError, ValueError)
 SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg")
 REQUIRED_SIDECARS = (".shx", ".dbf")
 
@@ -65,6 +67,8 @@ def find_sidecar(store: BlobStore, container: str, blob_name: str, suffix: str) 
 def download(store: BlobStore, container: str, blob_name: str, ext: str, folder: Path) -> Path:
     """Stream the blob (and a Shapefile's siblings) into folder; returns the local path of the main file."""
     local = folder / f"source.{ext}"
+    if store.blob_size(container, blob_name) is None:
+        raise PermanentTaskError(f"file '{blob_name}' not found in container '{container}'")
     store.download_to_file(container, blob_name, local)
     if ext == "shp":
         for suffix in SHAPEFILE_SIDECARS:
@@ -133,7 +137,7 @@ def _check_uncompressed(members: list[zipfile.ZipInfo], chosen: zipfile.ZipInfo,
 def _layers_of(path: str, blob_name: str) -> list[tuple[str, str | None]]:
     try:
         return [(str(n), None if t is None else str(t)) for n, t in pyogrio.list_layers(path)]
-    except Exception as exc:
+    except GDAL_ERRORS as exc:
         raise PermanentTaskError(f"could not open '{blob_name}': {exc}") from None
 
 
@@ -227,7 +231,7 @@ def _count(src: Source) -> int:
     for layer in src.layers:
         try:
             n = int(pyogrio.read_info(layer.path, layer=layer.layer, encoding=src.encoding)["features"])
-        except Exception:
+        except GDAL_ERRORS:
             return -1
         if n < 0:
             return -1
