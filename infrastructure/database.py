@@ -44,6 +44,7 @@ def get_pool() -> ConnectionPool:
                 open=True,
                 name="geoetl",
                 timeout=5.0,
+                check=ConnectionPool.check_connection,  # survive database restarts
             )
             _pool_pid = os.getpid()
         return _pool

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from config import get_settings
+from config.logging import configure_logging
 from infrastructure import database
 from triggers import errors, health, serving
 
@@ -27,8 +27,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    settings = get_settings()
-    logging.getLogger().setLevel(settings.log_level.upper())
+    configure_logging()
     app = FastAPI(
         title="geoetl",
         description="Geospatial ingest orchestrator: submit jobs, follow them, query the results.",
@@ -43,5 +42,6 @@ def create_app() -> FastAPI:
     from triggers import jobs_api
 
     app.include_router(jobs_api.router, prefix="/api")
+    jobs_api.add_parameter_schemas(app)
     serving.register(app)
     return app

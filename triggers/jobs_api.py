@@ -145,10 +145,33 @@ def _submit(job_type: str, params: Any) -> JSONResponse:
         raise ApiError(409, "conflict", str(exc)) from None
 
 
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
 def _body_schema(job_type: str) -> dict[str, Any]:
     job = ALL_JOBS.get(job_type)
-    schema: dict[str, Any] = job.Parameters.model_json_schema() if job else {"type": "object"}
+    schema: dict[str, Any] = {"type": "object"}
+    if job is not None:
+        schema = dict(job.Parameters.model_json_schema(ref_template=REF_TEMPLATE))
+        schema.pop("$defs", None)  # moved to components by add_parameter_schemas
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def add_parameter_schemas(app: Any) -> None:
+    """Put the nested models of job parameters where their $refs point: components/schemas."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = build()
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        for job in ALL_JOBS.values():
+            schemas.update(job.Parameters.model_json_schema(ref_template=REF_TEMPLATE).get("$defs", {}))
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi
 
 
 def _ingest_openapi() -> dict[str, Any]:
