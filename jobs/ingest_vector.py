@@ -3,6 +3,26 @@
 Stage 1 (single)  prepare_chunks      stream the file, repair/reproject, write GeoParquet chunks
 Stage 2 (fan-out) upload_chunks       table created once (setup_stage), then one COPY task per chunk
 Stage 3 (single)  create_stac_record  indexes, ANALYZE, STAC item in pgstac
+
+Policies (the user-visible decisions):
+- Geometry column type comes from every feature: one family -> Multi* of it (Polygon + MultiPolygon ->
+  MultiPolygon); points, lines and polygons mixed -> one generic geometry(Geometry, 4326) column, each
+  feature still promoted to Multi* of its own family. A GeometryCollection of one family becomes that
+  Multi*; one that mixes families fails the job, naming the feature.
+- Null/empty geometries are dropped and counted; invalid ones are repaired with make_valid, keeping
+  the parts of the feature's own family (so polygon areas are make_valid's); features that collapse
+  to nothing are dropped and counted. Row count = source features - reported drops.
+- A file without a CRS is taken as EPSG:4326 only when its coordinates fit; converter_params.crs
+  (CSV, Shapefile) names or overrides the source CRS.
+- Column names: lowercase [a-z0-9_], collisions and the reserved `id`/`geom` get _2, _3...
+  Timestamps without a zone are taken as UTC.
+- chunk_size absent: 1 chunk up to 25k features, ~8 chunks up to 800k, then 100k rows per chunk
+  (and at most ~64 MB of geometry per chunk).
+- Exactly-once load: each chunk's COPY runs in the transaction that completes its task; a duplicate
+  delivery is rolled back by the CoreMachine, a killed worker's COPY never commits.
+- KML/KMZ without layer_name read every layer (folder). A 0-byte blob is refused at submit (400).
+- A failed run drops the table it created (table comment `geoetl:<job_id>:r<run>`) and its STAC
+  item; chunks are deleted whenever a job ends. A resubmitted failed job re-runs from stage 1.
 """
 
 from __future__ import annotations

@@ -94,6 +94,7 @@ def test_missing_crs_with_lonlat_coordinates_is_taken_as_4326(db, drain, nonce):
     assert vf.geometry_checks(db, "geo", f"noprj_{nonce}")["n"] == 4
 
 
+@pytest.mark.filterwarnings("ignore:'crs' was not provided")
 def test_missing_crs_with_projected_coordinates_fails_clearly(db, drain, nonce):
     files = vf.shapefile(vf.frame(3, [Point(530000 + i, 180000) for i in range(3)], crs=None), vf.tmpdir())
     files.pop(".prj", None)

@@ -8,7 +8,6 @@ dates such as 9999-12-31T23:59:59+05:00 or 10000-01-01 survive untouched.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -127,8 +126,3 @@ def cast_to(col: pa.Array | pa.ChunkedArray, pg_type: str) -> pa.Array:
         if pg_type in (TEXT, JSONB):
             return _cast_via_python(col)
         raise
-
-
-def describe(columns: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """STAC table:columns entries."""
-    return [{"name": c["name"], "type": c["type"]} for c in columns]

@@ -20,6 +20,7 @@ from core.errors import PermanentTaskError
 POINT, LINE, POLYGON, COLLECTION = "point", "line", "polygon", "collection"
 # shapely type ids: 0 Point, 1 LineString, 2 LinearRing, 3 Polygon, 4-6 Multi*, 7 GeometryCollection
 _FAMILY_BY_TYPE = np.array([POINT, LINE, LINE, POLYGON, POINT, LINE, POLYGON, COLLECTION], dtype=object)
+_FAMILY_CODES = np.array(sorted([LINE, POINT, POLYGON]), dtype=object)
 MULTI_TYPE = {POINT: "MultiPoint", LINE: "MultiLineString", POLYGON: "MultiPolygon"}
 _MULTI_OF = {POINT: shapely.multipoints, LINE: shapely.multilinestrings, POLYGON: shapely.multipolygons}
 _SINGLE_TYPE_IDS = (0, 1, 2, 3)
@@ -156,14 +157,20 @@ def unpack_collections(geoms: np.ndarray, offset: int, label: str, stats: Geomet
     keep = ~shapely.is_empty(parts)
     parts, idx = parts[keep], idx[keep]
     fam = families_of(parts)
-    for j in range(len(where)):
-        kinds = set(fam[idx == j])
-        if len(kinds) > 1:
-            raise PermanentTaskError(
-                f"{label}: feature {offset + int(where[j])} is a GeometryCollection mixing "
-                f"{' and '.join(sorted(kinds))} parts; a table column holds one kind of geometry per feature. "
-                "Split the collection in the source file"
-            )
+    codes = np.searchsorted(_FAMILY_CODES, fam)
+    lo = np.full(len(where), len(_FAMILY_CODES))
+    hi = np.full(len(where), -1)
+    np.minimum.at(lo, idx, codes)
+    np.maximum.at(hi, idx, codes)
+    mixed = np.flatnonzero((hi >= 0) & (lo != hi))
+    if len(mixed):
+        j = int(mixed[0])
+        kinds = sorted(set(fam[idx == j]))
+        raise PermanentTaskError(
+            f"{label}: feature {offset + int(where[j])} is a GeometryCollection mixing "
+            f"{' and '.join(kinds)} parts; a table column holds one kind of geometry per feature. "
+            "Split the collection in the source file"
+        )
     out = geoms.copy()
     rebuilt = _collect(parts, idx, fam, len(where))
     rebuilt[shapely.is_missing(rebuilt)] = shapely.from_wkt("GEOMETRYCOLLECTION EMPTY")

@@ -33,7 +33,7 @@ from services.vector.identifiers import GEOMETRY_COLUMN, ColumnNamer
 from services.vector.source import LayerSource, Source, download, open_source
 
 log = logging.getLogger(__name__)
-GDAL_BATCH_ROWS = 50_000
+GDAL_BATCH_ROWS = 20_000  # smaller batches cost ~10% speed; 50k rows raised peak RSS by ~100 MB
 
 
 class _Reader:
