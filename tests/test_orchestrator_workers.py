@@ -82,3 +82,25 @@ def test_sigterm_lets_running_tasks_finish(db, workers, nonce):
     assert rows.get((1, "completed"), 0) >= 1
     workers.start(1)
     assert wait_for_job(job_id, timeout=60) == "completed"
+
+
+@pytest.mark.chaos
+@pytest.mark.slow
+def test_database_connections_cut_mid_job(db, workers, nonce):
+    """Every worker connection is terminated twice mid-job (as a database restart does): the job completes."""
+    workers.start(2, concurrency=2)
+    job_id = submit("hello_world", {"n": 300, "sleep_ms": 100, "message": nonce})
+    cuts = 0
+    deadline = time.time() + 60
+    while cuts < 2 and time.time() < deadline:
+        if job_status(job_id) == "processing":
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'geoetl'")
+            cuts += 1
+            time.sleep(1.0)
+        time.sleep(0.1)
+    assert cuts == 2
+    assert wait_for_job(job_id, timeout=180) == "completed"
+    assert stage_rows(db, job_id) == [(1, "completed", 300), (2, "completed", 1)]
+    assert advances(db, job_id) == [1]

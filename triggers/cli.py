@@ -64,6 +64,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if bool(args.lat) != bool(args.lon):
         print("error: --lat and --lon go together", file=sys.stderr)
         return 2
+    if args.wkt and args.lat:
+        print("error: give either --lat/--lon or --wkt, not both", file=sys.stderr)
+        return 2
     s = get_settings()
     container = args.container or s.source_container
     blob_name = args.blob_name or f"uploads/{path.name}"
