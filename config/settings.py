@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     )
     janitor_interval_seconds: int = Field(30, description="How often a worker runs the janitor.")
     worker_concurrency: int = Field(2, description="Messages a worker process handles at once.")
+    worker_prefetch: int = Field(
+        4, ge=1, le=64, description="Task messages a consumer thread receives per round trip (then runs in turn)."
+    )
 
     # --- API
     api_host: str = Field("127.0.0.1", description="Address `geoetl serve` binds.")

@@ -81,26 +81,46 @@ class Worker:
             self.handled += 1
 
     def receive_one(self) -> ReceivedMessage | None:
+        got = self.receive_batch(1)
+        return got[0] if got else None
+
+    def receive_batch(self, n: int) -> list[ReceivedMessage]:
         """Job messages first: a new stage's fan-out should not wait behind thousands of tasks."""
         for queue in (self.settings.jobs_queue, self.settings.tasks_queue):
-            got = self.queue.receive(queue, 1)
+            got = self.queue.receive(queue, 1 if queue == self.settings.jobs_queue else n)
             if got:
-                return got[0]
-        return None
+                return got
+        return []
 
     # --- threads
     def _consume(self) -> None:
+        """Receive a few messages per round trip; locks of those waiting their turn are renewed too."""
         while not self.stopping.is_set():
             try:
-                msg = self.receive_one()
+                batch = self.receive_batch(self.settings.worker_prefetch)
             except Exception:
                 log.exception("receiving failed; retrying shortly")
                 self.stopping.wait(2.0)
                 continue
-            if msg is None:
+            if not batch:
                 self.queue.wait(1.0)
                 continue
-            self.handle(msg)
+            with self._inflight_lock:
+                self._inflight.update({id(m): m for m in batch})
+            for i, msg in enumerate(batch):
+                if self.stopping.is_set():  # give back what this consumer had not started
+                    for rest in batch[i:]:
+                        self._give_back(rest)
+                    break
+                self.handle(msg)
+
+    def _give_back(self, msg: ReceivedMessage) -> None:
+        with self._inflight_lock:
+            self._inflight.pop(id(msg), None)
+        try:
+            self.queue.abandon(msg)
+        except Exception:
+            log.exception("could not give back %s; its lock will expire", msg.message_id)
 
     def _renew_locks(self) -> None:
         every = max(1.0, self.settings.queue_lock_seconds / 3)
