@@ -1,0 +1,83 @@
+"""Serving pieces that need no server: viewer styling, library settings isolation, id resolution."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from config import Settings
+from triggers.serving import settings as lib
+from triggers.serving.features import CatalogGateway
+from triggers.serving.render import DEFAULT_STYLE, style_from
+
+pytestmark = pytest.mark.serving
+
+
+def test_style_defaults_aliases_and_clamping() -> None:
+    assert style_from(None) == DEFAULT_STYLE and style_from("red") == DEFAULT_STYLE
+    s = style_from({"fill": "#FF0000", "stroke": "rgb(0, 0, 255)", "opacity": 0.3, "weight": 99, "radius": -2})
+    assert s["fill_color"] == "#FF0000" and s["point_color"] == "#FF0000"
+    assert s["line_color"] == "rgb(0, 0, 255)"
+    assert s["fill_opacity"] == 0.3 and s["line_opacity"] == 0.3
+    assert s["line_width"] == 50.0 and s["point_radius"] == 0.0
+    assert style_from({"fill_color": "teal", "color": "#000"})["fill_color"] == "teal"
+    assert style_from({"color": "#abc"})["line_color"] == "#abc"
+
+
+@pytest.mark.parametrize("bad", [
+    "red;}</style><script>alert(1)</script>", "url(http://evil)", "#12", "", 5, None, ["#fff"], "expression(alert)",
+])
+def test_style_rejects_anything_but_colours(bad: Any) -> None:
+    assert style_from({"fill_color": bad})["fill_color"] == DEFAULT_STYLE["fill_color"]
+
+
+@pytest.mark.parametrize("bad", ["x", float("nan"), True, None, {"a": 1}])
+def test_style_rejects_anything_but_numbers(bad: Any) -> None:
+    assert style_from({"opacity": bad})["fill_opacity"] == DEFAULT_STYLE["fill_opacity"]
+
+
+def test_library_settings_ignore_each_others_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "ROOT_PATH": "/elsewhere", "PREFIX_PATH": "/elsewhere", "OPENAPI_URL": "/x", "ENABLED_EXTENSIONS": "query",
+        "TIPG_DB_SCHEMAS": '["public"]', "TIPG_DB_DATETIME_EXTENT": "true", "PGHOST": "nowhere", "PGUSER": "nobody",
+        "POSTGRES_HOST": "nowhere", "STAC_FASTAPI_LANDING_ID": "other",
+    }.items():
+        monkeypatch.setenv(name, value)
+    dsn = "postgresql://u:p%40ss@db.example:6543/gis?sslmode=require"
+    ours = Settings(database_url=dsn, allowed_schemas="geo,geo2", db_pool_max_size=10)
+    tdb = lib.tipg_database_settings(ours)
+    assert tdb.schemas == ["geo", "geo2"] and tdb.datetime_extent is False and tdb.tipg_schema == "pg_temp"
+    tpg = lib.tipg_postgres_settings(ours)
+    assert str(tpg.database_url) == dsn
+    assert tpg.db_max_conn_size == 5
+    st = lib.stac_settings(ours)
+    assert (st.prefix_path, st.root_path, st.openapi_url) == ("", "", "/api")
+    assert st.enabled_extensions is None and st.enable_transactions_extensions is False
+    assert st.stac_fastapi_landing_id == "geoetl"
+    spg = lib.stac_postgres_settings(ours)
+    assert spg.connection_string == dsn
+    assert (spg.pghost, spg.pguser, spg.pgpassword, spg.pgdatabase) == ("db.example", "u", "p@ss", "gis")
+
+
+def test_asyncpg_url_from_keyword_dsn() -> None:
+    url = lib.asyncpg_url("host=h port=5433 dbname='my db' user=me password='a b/c' sslmode=verify-full")
+    assert url == "postgresql://me:a%20b%2Fc@h:5433/my%20db?sslmode=verify-full"
+    assert lib.asyncpg_url("postgresql://postgres@127.0.0.1/geoetl") == "postgresql://postgres@127.0.0.1:5432/geoetl"
+
+
+class FakeKeeper:
+    schemas = ["geo", "other"]
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+
+    def collections(self) -> dict[str, Any]:
+        return dict.fromkeys(self.ids)
+
+
+def test_bare_names_resolve_in_schema_order() -> None:
+    gw = CatalogGateway(app=None, keeper=FakeKeeper(["geo.a", "other.a", "other.b", "public.c"]))  # type: ignore[arg-type]
+    assert gw.resolve("a") == "geo.a" and gw.resolve("b") == "other.b" and gw.resolve("other.a") == "other.a"
+    assert gw.resolve("c") is None and gw.resolve("geo.b") is None
+    assert gw.default_id("zz") == "geo.zz" and gw.default_id("x.zz") == "x.zz"

@@ -1,0 +1,115 @@
+"""Keeps tipg's collection catalog fresh in every process, without restarts.
+
+tipg builds its catalog once, at startup. Tables are created by workers in other processes,
+so each API process compares a cheap database "generation" (a digest of the oids, column
+counts and row estimates of the tables in the served schemas) with the one its catalog was
+built from, and rebuilds the catalog when they differ:
+
+- the collections list, a collection and its items check the generation on every request
+  (one small query on pg_class): a new table is served at once (refresh on miss), a dropped
+  or replaced one disappears at once;
+- vector tiles, which come in bursts, check it at most every CHECK_INTERVAL seconds;
+- the catalog is rebuilt anyway after TTL seconds (anything the digest does not see);
+- a query that hits a dropped table or column invalidates the catalog (see features.py).
+
+The generation is read *before* the catalog is built, so a table created in between makes
+the next check see a new generation and rebuild again: nothing is ever missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI
+from tipg.collections import register_collection_catalog
+from tipg.settings import DatabaseSettings
+
+log = logging.getLogger("geoetl.serving")
+
+CHECK_INTERVAL = 1.0
+TTL = 300.0
+
+# Cheap: reads pg_class only. relnatts changes with columns, reltuples after ANALYZE (the
+# ingest's last step, which also makes tipg's extent estimate right).
+GENERATION_SQL = """
+SELECT md5(coalesce(string_agg(c.oid::text || ':' || c.relnatts || ':' || c.reltuples::bigint, ','
+                               ORDER BY c.oid), ''))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+"""
+
+
+class CatalogKeeper:
+    """Owns the catalog of one tipg application (one per process)."""
+
+    def __init__(self, app: FastAPI, db_settings: DatabaseSettings) -> None:
+        self.app = app
+        self.db_settings = db_settings
+        self.generation: str | None = None
+        self.refreshed_at = 0.0
+        self.checked_at = 0.0
+        self.refreshes = 0
+        self._lock = asyncio.Lock()
+
+    @property
+    def schemas(self) -> list[str]:
+        return list(self.db_settings.schemas)
+
+    def collections(self) -> dict[str, Any]:
+        catalog = getattr(self.app.state, "collection_catalog", None)
+        return catalog["collections"] if catalog else {}
+
+    async def current_generation(self) -> str:
+        async with self.app.state.pool.acquire() as conn:
+            return str(await conn.fetchval(GENERATION_SQL, self.schemas))
+
+    async def refresh(self) -> None:
+        """Rebuild the catalog now (serialised: concurrent callers wait for one rebuild)."""
+        async with self._lock:
+            await self._rebuild()
+
+    async def _rebuild(self) -> None:
+        generation = await self.current_generation()
+        t0 = time.perf_counter()
+        await register_collection_catalog(self.app, db_settings=self.db_settings)
+        self.generation = generation
+        self.refreshed_at = self.checked_at = time.monotonic()
+        self.refreshes += 1
+        log.info(
+            "serving catalog rebuilt: %d collections in %.0f ms",
+            len(self.collections()),
+            (time.perf_counter() - t0) * 1000,
+        )
+
+    def invalidate(self) -> None:
+        """Make the next request check the generation (a table vanished under us)."""
+        self.checked_at = 0.0
+
+    async def ensure_fresh(self, *, force_check: bool = False) -> None:
+        """Rebuild when the generation moved or the TTL passed; checks are throttled unless forced."""
+        now = time.monotonic()
+        if self.generation is not None and now - self.refreshed_at > TTL:
+            await self._rebuild_if(lambda: time.monotonic() - self.refreshed_at > TTL)
+            return
+        if not force_check and self.generation is not None and now - self.checked_at < CHECK_INTERVAL:
+            return
+        generation = await self.current_generation()
+        self.checked_at = time.monotonic()
+        if generation != self.generation:
+            await self._rebuild_if(lambda: self.generation != generation)
+
+    async def _rebuild_if(self, still_needed: Any) -> None:
+        async with self._lock:
+            if still_needed():
+                await self._rebuild()
+
+    def status(self) -> dict[str, Any]:
+        age = time.monotonic() - self.refreshed_at if self.refreshed_at else None
+        return {
+            "collections": len(self.collections()),
+            "refreshes": self.refreshes,
+            "catalog_age_s": round(age, 1) if age is not None else None,
+        }

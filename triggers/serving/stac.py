@@ -1,0 +1,28 @@
+"""STAC API (stac-fastapi-pgstac, read-only) as a sub-application mounted at /api/stac.
+
+The app is assembled by the library's own `instantiate_api` with settings objects passed in
+(its defaults would read the environment), and with a no-op lifespan: Starlette never runs
+a mounted app's lifespan, so the pool is opened from ours (see runtime.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from stac_fastapi.pgstac.app import instantiate_api
+from stac_fastapi.pgstac.config import Settings as StacSettings
+from stac_fastapi.pgstac.models.extensions import Extensions
+
+
+@asynccontextmanager
+async def _no_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+
+
+def build_app(settings: StacSettings) -> FastAPI:
+    """The STAC API application; links get /api/stac from the mount (see mount.py)."""
+    api = instantiate_api(extensions=Extensions(settings=settings), lifespan=_no_lifespan, settings=settings)
+    api.client.landing_page_id = settings.stac_fastapi_landing_id  # its default is read from the env at import
+    return api.app
