@@ -57,6 +57,7 @@ def test_health_through_http_function(fa):
     assert resp.status_code == 200
     body = json.loads(resp.get_body())
     assert body["status"] == "healthy" and body["components"]["database"]["postgis"]["version"]
+    assert body["components"]["serving"]["status"] == "healthy"
 
 
 def test_submit_and_status_through_http_function(fa, nonce):

@@ -95,3 +95,24 @@ def test_auto_chunk_size_rule():
     assert auto_chunk_size(400_000) == 50_000  # 8 chunks
     assert auto_chunk_size(1_000_000) == 100_000  # 10 chunks
     assert auto_chunk_size(-1) == 100_000  # count unknown (CSV)
+
+
+def test_failure_cleanup_removes_only_its_own_stac_item(db, drain, nonce):
+    """A run that fails after cataloguing removes its item; an item written by another job stays."""
+    from infrastructure import database
+    from services.vector.stac import delete_owned_item
+
+    blob = vf.upload(f"{nonce}/one.geojson", vf.geojson([(Point(1, 2), {"a": 1})]))
+    table = f"stacdel_{nonce}"
+    job = vf.run_ingest(drain, db, {"blob_name": blob, "file_extension": "geojson", "table_name": table})
+    assert job["status"] == "completed", job["error_details"]
+
+    def item():
+        return db.execute("SELECT pgstac.get_item(%s, 'system-vectors') AS i", [f"geo.{table}"]).fetchone()["i"]
+
+    with database.connection() as conn:
+        assert delete_owned_item(conn, "geo", table, "f" * 64) is False
+    assert item() is not None
+    with database.connection() as conn:
+        assert delete_owned_item(conn, "geo", table, job["job_id"]) is True
+    assert item() is None

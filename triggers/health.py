@@ -6,7 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from config import get_settings
@@ -15,6 +16,7 @@ from infrastructure.blob import get_blob_store
 from infrastructure.queues import get_queue
 from jobs import ALL_JOBS
 from services import ALL_HANDLERS
+from triggers import serving
 
 router = APIRouter(tags=["health"])
 
@@ -84,7 +86,22 @@ def run_checks() -> tuple[bool, dict[str, Any]]:
     return not failing, {"status": status, "failing": failing, "components": components}
 
 
-@router.get("/health", summary="Health of the database, blob store, queue and registries")
-def health() -> JSONResponse:
-    ok, body = run_checks()
+async def check_serving_part(app: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        part = {"status": "healthy", **(await serving.check_serving(app))}
+    except Exception as exc:  # noqa: BLE001 - any failure makes the part unhealthy
+        part = {"status": "unhealthy", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    part["ms"] = round((time.perf_counter() - t0) * 1000, 1)
+    return part
+
+
+@router.get("/health", summary="Health of the database, blob store, queue, registries and serving layer")
+async def health(request: Request) -> JSONResponse:
+    ok, body = await run_in_threadpool(run_checks)
+    body["components"]["serving"] = await check_serving_part(request.app)
+    if body["components"]["serving"]["status"] != "healthy":
+        ok = False
+        body["failing"].append("serving")
+        body["status"] = "unhealthy"
     return JSONResponse(body, status_code=200 if ok else 503)

@@ -134,6 +134,7 @@ def delete_owned_item(conn: psycopg.Connection, schema: str, table: str, job_id:
     item = row["item"] if row else None
     if not item or (item.get("properties") or {}).get("etl:job_id") != job_id:
         return False
+    conn.execute("SET LOCAL search_path TO pgstac, public")  # delete_item, unlike get/upsert, has none of its own
     conn.execute("SELECT pgstac.delete_item(%s, %s)", [item_id(schema, table), collection])
     return True
 
