@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+
+from infrastructure.memory import release_free_memory
 
 
 @dataclass
@@ -24,3 +28,21 @@ class TaskContext:
 
 
 Handler = Callable[[dict[str, Any], TaskContext], dict[str, Any]]
+
+
+_heavy = threading.BoundedSemaphore(1)
+
+
+def one_at_a_time(handler: Handler) -> Handler:
+    """At most one such handler runs per process: big batches stay bounded in memory, and since the
+    work is CPU-bound a second one in the same interpreter would only wait for the GIL anyway."""
+
+    @functools.wraps(handler)
+    def run(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+        with _heavy:
+            try:
+                return handler(params, ctx)
+            finally:
+                release_free_memory()
+
+    return run

@@ -27,6 +27,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from infrastructure.memory import limit_allocator_growth
+
+    limit_allocator_growth()
     from triggers.worker import Worker
 
     Worker(concurrency=args.concurrency).run()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from services.context import one_at_a_time
 from services.vector.load import load_vector_chunk
 from services.vector.prepare import prepare_vector_chunks
 from services.vector.stac import create_vector_stac
 
+# Preparing and loading hold large batches: one of them at a time per worker process.
 HANDLERS = {
-    "prepare_vector_chunks": prepare_vector_chunks,
-    "load_vector_chunk": load_vector_chunk,
+    "prepare_vector_chunks": one_at_a_time(prepare_vector_chunks),
+    "load_vector_chunk": one_at_a_time(load_vector_chunk),
     "create_vector_stac": create_vector_stac,
 }
 
