@@ -51,6 +51,8 @@ def is_retryable(exc: BaseException) -> bool:
         return False
     import psycopg
 
+    if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+        return False  # class 54 (too many columns, row too big, ...): the same input hits the same limit
     if isinstance(exc, psycopg.errors.OperationalError | psycopg.errors.SerializationFailure):
         return True
     if isinstance(exc, psycopg.errors.DeadlockDetected | psycopg.errors.LockNotAvailable):

@@ -11,7 +11,7 @@ from typing import Any
 
 from config import get_settings
 from core import state
-from core.errors import ResourceNotFoundError
+from core.errors import JobValidationError, ResourceNotFoundError
 from core.machine import CoreMachine
 from core.models import JobRecord
 from infrastructure import database
@@ -38,12 +38,52 @@ class Submission:
         return self.status not in ("created", "rerun")
 
 
+def _storable_text(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # an unpaired surrogate ("\ud800" in the JSON)
+        return False
+    return True
+
+
+def _unstorable(value: Any, path: str) -> str | None:
+    """The parameter path of the first value PostgreSQL's jsonb cannot hold, or None."""
+    if isinstance(value, str):
+        return None if _storable_text(value) else path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not _storable_text(str(key)):
+                return path or "body"
+            found = _unstorable(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _unstorable(item, f"{path}.{i}")
+            if found:
+                return found
+    return None
+
+
+def check_storable(params: dict[str, Any]) -> None:
+    """Refuse NUL characters and unpaired surrogates anywhere in the parameters (a 400, not a 500)."""
+    path = _unstorable(params, "")
+    if path:
+        raise JobValidationError(
+            f"'{path}' holds a NUL character or an unpaired surrogate, which PostgreSQL cannot store",
+            field=path,
+        )
+
+
 def submit_job(job_type: str, raw_params: Any, machine: CoreMachine | None = None) -> Submission:
     machine = machine or CoreMachine()
     job_cls = machine.jobs.get(job_type)
     if job_cls is None:
         raise UnknownJobType(job_type, list(machine.jobs))
     params = job_cls.validate_parameters(raw_params)
+    check_storable(params)
     job_id = job_cls.generate_job_id(params)
 
     with database.connection() as conn:

@@ -21,6 +21,13 @@ Policies (the user-visible decisions):
 - Exactly-once load: each chunk's COPY runs in the transaction that completes its task; a duplicate
   delivery is rolled back by the CoreMachine, a killed worker's COPY never commits.
 - KML/KMZ without layer_name read every layer (folder). A 0-byte blob is refused at submit (400).
+- Broken input fails the job naming the file and the feature/column/member: CSV coordinates or WKT GDAL
+  cannot parse ('north', 'nan', garbage WKT; empty cells are null geometries), curved geometries,
+  coordinates beyond 1e10, text or names that are not UTF-8 (Shapefile: converter_params.encoding),
+  more than 1598 attribute columns, a truncated or mismatched .shp/.shx/.dbf, a zipped Shapefile without
+  its .shx/.dbf, encrypted archive members, members over 100 MiB deflated more than 200:1 (zip bombs).
+  GeoJSON geometry members GDAL cannot read (wrong types) are null geometries: dropped and counted.
+  M values are dropped like Z. GDAL ends names and text at a NUL character.
 - A failed run drops the table it created (table comment `geoetl:<job_id>:r<run>`) and its STAC
   item; chunks are deleted whenever a job ends. A resubmitted failed job re-runs from stage 1.
 """

@@ -84,6 +84,8 @@ async def json_body(request: Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the request body is nested too deeply to be job parameters") from None
 
 
 def submission_response(sub: Submission) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -87,6 +88,16 @@ class KmzParams(KmlParams):
 class ShpParams(_WithCrs):
     encoding: str | None = Field(None, min_length=1, description="DBF encoding when the .cpg is missing or wrong.")
 
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                codecs.lookup(v)
+            except LookupError:
+                raise ValueError(f"{v!r} is not a known text encoding (e.g. latin1, cp1252, utf-8)") from None
+        return v
+
 
 class ZipParams(ShpParams):
     shp_name: str | None = Field(None, min_length=1, description="Shapefile inside the zip (when several).")
@@ -119,7 +130,7 @@ def validate_converter_params(ext: str, raw: dict[str, Any]) -> dict[str, Any]:
         parts, field = [], "converter_params"
         allowed = ", ".join(model.model_fields) or "none"
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
+            loc = str(err["loc"][0]) if err["loc"] else ""  # the parameter, not the union member that failed
             where = f"converter_params.{loc}" if loc else "converter_params"
             if field == "converter_params":
                 field = where

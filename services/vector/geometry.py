@@ -7,6 +7,7 @@ Batches that are already valid pay only for the validity check.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,10 @@ MULTI_TYPE = {POINT: "MultiPoint", LINE: "MultiLineString", POLYGON: "MultiPolyg
 _MULTI_OF = {POINT: shapely.multipoints, LINE: shapely.multilinestrings, POLYGON: shapely.multipolygons}
 _SINGLE_TYPE_IDS = (0, 1, 2, 3)
 WGS84 = CRS.from_epsg(4326)
+MAX_ABS_COORDINATE = 1e10  # beyond any coordinate reference system on Earth (metres, feet or degrees)
+# ISO WKB types GEOS cannot hold (code % 1000)
+_NONLINEAR_WKB = {8: "CircularString", 9: "CompoundCurve", 10: "CurvePolygon", 11: "MultiCurve",
+                  12: "MultiSurface", 13: "Curve", 14: "Surface", 15: "PolyhedralSurface", 16: "TIN", 17: "Triangle"}
 
 
 @dataclass
@@ -82,9 +87,13 @@ class Reprojector:
         return self.source.to_string()
 
     def apply(self, geoms: np.ndarray, present: np.ndarray, offset: int) -> np.ndarray:
+        if not present.any():
+            return geoms
+        bounds = shapely.bounds(geoms[present])
+        self._check_magnitude(bounds, present, offset)
         if self.transformer is None:
             if self.source is None:
-                self._check_lonlat(geoms, present, offset)
+                self._check_lonlat(bounds, present, offset)
             return geoms
         t = self.transformer
 
@@ -105,19 +114,57 @@ class Reprojector:
             )
         return out
 
-    def _check_lonlat(self, geoms: np.ndarray, present: np.ndarray, offset: int) -> None:
-        if not present.any():
-            return
-        b = shapely.bounds(geoms[present])
+    def _first_bad(self, bad: np.ndarray, present: np.ndarray, offset: int) -> tuple[int, int]:
+        i = int(np.flatnonzero(bad)[0])
+        return i, offset + int(np.flatnonzero(present)[i])
+
+    def _check_magnitude(self, b: np.ndarray, present: np.ndarray, offset: int) -> None:
+        """Infinite, NaN or astronomically large coordinates are corrupt data in any CRS."""
+        bad = ~(np.isfinite(b) & (np.abs(b) <= MAX_ABS_COORDINATE)).all(axis=1)
+        if bad.any():
+            i, idx = self._first_bad(bad, present, offset)
+            raise PermanentTaskError(
+                f"{self.label}: feature {idx} has coordinates no coordinate reference system can hold "
+                f"(bounds {[float(v) for v in b[i]]}); the file is corrupt or its coordinates are not numbers of "
+                "its CRS"
+            )
+
+    def _check_lonlat(self, b: np.ndarray, present: np.ndarray, offset: int) -> None:
+        """A file without a CRS is taken as EPSG:4326 only when its coordinates fit."""
         bad = ~((b[:, 0] >= -180) & (b[:, 2] <= 180) & (b[:, 1] >= -90) & (b[:, 3] <= 90))
         if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            idx = offset + int(np.flatnonzero(present)[i])
+            i, idx = self._first_bad(bad, present, offset)
             raise PermanentTaskError(
                 f"{self.label} declares no coordinate reference system and its coordinates do not fit "
                 f"EPSG:4326 (feature {idx} has bounds {[round(float(v), 3) for v in b[i]]}); "
                 "set converter_params.crs to the file's CRS (e.g. \"EPSG:27700\")"
             )
+
+
+def _wkb_type_name(value: bytes) -> str | None:
+    """The name of a WKB geometry type GEOS cannot hold (curves, surfaces), or None."""
+    if len(value) < 5 or value[0] not in (0, 1):
+        return None
+    code = struct.unpack("<I" if value[0] == 1 else ">I", value[1:5])[0] & 0x0FFFFFFF
+    return _NONLINEAR_WKB.get(code % 1000)
+
+
+def _undecodable(raw: np.ndarray, offset: int, label: str) -> PermanentTaskError:
+    """Name the first feature of a batch whose WKB GEOS cannot decode, and why."""
+    for i, value in enumerate(raw):
+        if value is None:
+            continue
+        try:
+            shapely.from_wkb(value)
+        except (shapely.errors.GEOSException, NotImplementedError, ValueError) as exc:
+            kind = _wkb_type_name(bytes(value))
+            if kind:
+                return PermanentTaskError(
+                    f"{label}: feature {offset + i} is a {kind}; curved geometries are not supported: convert them "
+                    "to straight segments first (e.g. ogr2ogr -nlt CONVERT_TO_LINEAR)"
+                )
+            return PermanentTaskError(f"{label}: feature {offset + i} has a geometry that cannot be decoded ({exc})")
+    return PermanentTaskError(f"{label}: a geometry of features {offset}-{offset + len(raw) - 1} cannot be decoded")
 
 
 def families_of(geoms: np.ndarray) -> np.ndarray:
@@ -225,13 +272,8 @@ def prepare_geometries(
     raw = wkb.to_numpy(zero_copy_only=False) if hasattr(wkb, "to_numpy") else np.asarray(wkb, dtype=object)
     try:
         geoms = shapely.from_wkb(raw)
-    except shapely.errors.GEOSException:
-        geoms = shapely.from_wkb(raw, on_invalid="ignore")
-        bad = np.flatnonzero(shapely.is_missing(geoms) & np.array([v is not None for v in raw]))
-        i = int(bad[0]) if len(bad) else 0
-        raise PermanentTaskError(
-            f"{label}: feature {offset + i} has a geometry that cannot be decoded (curved or corrupt geometry?)"
-        ) from None
+    except (shapely.errors.GEOSException, NotImplementedError):
+        raise _undecodable(raw, offset, label) from None
 
     present = ~shapely.is_missing(geoms)
     present &= ~shapely.is_empty(geoms)

@@ -8,12 +8,19 @@ member names and uncompressed sizes.
 from __future__ import annotations
 
 import posixpath
+import re
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyogrio
+import shapely
 
 from core.errors import PermanentTaskError
 from infrastructure.blob import BlobStore
@@ -23,6 +30,13 @@ from services.vector.formats import FORMAT_NAMES
 GDAL_ERRORS = (RuntimeError, OSError, ValueError)
 SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg")
 REQUIRED_SIDECARS = (".shx", ".dbf")
+TEMP_PREFIX = "geoetl-src-"  # the worker's download folder; its path never reaches a user
+# A member over RATIO_CHECK_BYTES that deflated more than MAX_COMPRESSION_RATIO:1 is taken for a zip bomb
+# (real vector data deflates 3-50:1; a run of one byte, the bomb's trick, about 1000:1).
+MAX_COMPRESSION_RATIO = 200
+RATIO_CHECK_BYTES = 100 * 1024**2
+_LOCAL_PATH = re.compile(r"(?:/vsizip/)?/\S*?" + TEMP_PREFIX + r"[^/\s]+/source\.[a-z]+")
+_GDAL_DRIVER_HINT = re.compile(r";? ?It might help to specify the correct driver explicitly.*$", re.S)
 
 
 @dataclass
@@ -81,7 +95,80 @@ def download(store: BlobStore, container: str, blob_name: str, ext: str, folder:
                     )
                 continue
             store.download_to_file(container, found[0], folder / f"source{suffix}")
+        _check_local_shapefile(folder, blob_name)
     return local
+
+
+def scrub(message: str, blob_name: str) -> str:
+    """A GDAL message as a user should read it: the worker's temporary paths become the blob's name."""
+    return _GDAL_DRIVER_HINT.sub("", _LOCAL_PATH.sub(blob_name, message)).strip()
+
+
+def shapefile_problem(
+    names: tuple[str, str, str], shp: tuple[bytes, int], shx: tuple[bytes, int], dbf: tuple[bytes, int]
+) -> str | None:
+    """What is wrong with a Shapefile's .shp/.shx/.dbf, judged from their headers and sizes (None when fine).
+
+    GDAL reads a truncated .shp as null geometries and stops at a truncated .dbf's last whole record,
+    so a cut-off upload would otherwise load part of its rows without a word.
+    """
+    shp_name, shx_name, dbf_name = names
+    for name, (head, size) in ((shp_name, shp), (shx_name, shx)):
+        if len(head) < 100 or struct.unpack(">i", head[:4])[0] != 9994:
+            return f"'{name}' is not part of a Shapefile (its header is not a Shapefile header)"
+        declared = struct.unpack(">i", head[24:28])[0] * 2
+        if size < declared:
+            return f"'{name}' is truncated: its header says {declared} bytes, the file has {size}"
+    if len(dbf[0]) < 12:
+        return f"'{dbf_name}' is truncated: it has no complete dBASE header"
+    records, header_len, record_len = struct.unpack("<IHH", dbf[0][4:12])
+    declared = header_len + records * record_len
+    if dbf[1] < declared:
+        return (
+            f"'{dbf_name}' is truncated: its header declares {records} records ({declared} bytes), "
+            f"the file has {dbf[1]} bytes"
+        )
+    shapes = (shx[1] - 100) // 8
+    if shapes != records:
+        return f"'{shp_name}' holds {shapes} shapes but '{dbf_name}' holds {records} records; they must match"
+    return None
+
+
+def _check_local_shapefile(folder: Path, blob_name: str) -> None:
+    parts = []
+    for suffix in (".shp", ".shx", ".dbf"):
+        path = folder / f"source{suffix}"
+        with open(path, "rb") as f:
+            parts.append((f.read(100), path.stat().st_size))
+    stem = shapefile_stem(blob_name)
+    problem = shapefile_problem((blob_name, stem + ".shx", stem + ".dbf"), parts[0], parts[1], parts[2])
+    if problem:
+        raise PermanentTaskError(problem)
+
+
+def _check_zipped_shapefile(
+    local: Path, members: list[zipfile.ZipInfo], chosen: zipfile.ZipInfo, blob_name: str
+) -> None:
+    """A zipped Shapefile needs its .shx and .dbf beside the .shp, whole."""
+    stem = chosen.filename.rsplit(".", 1)[0]
+    found: dict[str, zipfile.ZipInfo] = {".shp": chosen}
+    for suffix in REQUIRED_SIDECARS:
+        sidecar = [m for m in members if m.filename.rsplit(".", 1)[0] == stem and m.filename.lower().endswith(suffix)]
+        if not sidecar:
+            raise PermanentTaskError(
+                f"Shapefile '{chosen.filename}' in '{blob_name}' has no '{stem}{suffix}' beside it; "
+                "zip the .shp with its .shx and .dbf"
+            )
+        found[suffix] = sidecar[0]
+    try:
+        with zipfile.ZipFile(local) as zf:
+            heads = {suffix: (zf.open(m).read(100), m.file_size) for suffix, m in found.items()}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
+        raise PermanentTaskError(f"could not read the Shapefile in '{blob_name}': {exc}") from None
+    names = (found[".shp"].filename, found[".shx"].filename, found[".dbf"].filename)
+    problem = shapefile_problem(names, heads[".shp"], heads[".shx"], heads[".dbf"])
+    if problem:
+        raise PermanentTaskError(f"Shapefile in '{blob_name}': {problem}")
 
 
 def _safe_member(name: str) -> bool:
@@ -91,7 +178,7 @@ def _safe_member(name: str) -> bool:
 
 def _zip_members(local: Path, blob_name: str) -> list[zipfile.ZipInfo]:
     if not zipfile.is_zipfile(local):
-        raise PermanentTaskError(f"'{blob_name}' is not a zip archive")
+        raise PermanentTaskError(f"'{blob_name}' is not a zip archive (or it is truncated)")
     with zipfile.ZipFile(local) as zf:
         return [i for i in zf.infolist() if not i.is_dir() and _safe_member(i.filename)]
 
@@ -125,20 +212,34 @@ def _pick_member(
 
 
 def _check_uncompressed(members: list[zipfile.ZipInfo], chosen: zipfile.ZipInfo, blob_name: str, limit: int) -> None:
-    """A zip bomb guard: the members GDAL will read must not inflate beyond the source size limit."""
+    """The members GDAL will read: not encrypted, and (zip bomb guard) not inflating beyond the source size
+    limit, nor, when big, by a ratio no real data reaches."""
     stem = chosen.filename.rsplit(".", 1)[0]
-    total = sum(m.file_size for m in members if m.filename.rsplit(".", 1)[0] == stem)
+    read = [m for m in members if m.filename.rsplit(".", 1)[0] == stem]
+    total = sum(m.file_size for m in read)
     if total > limit:
         raise PermanentTaskError(
             f"'{chosen.filename}' in '{blob_name}' inflates to {total} bytes, more than the limit of {limit} bytes"
         )
+    for m in read:
+        if m.flag_bits & 0x1:
+            raise PermanentTaskError(
+                f"'{m.filename}' in '{blob_name}' is encrypted; upload the archive without a password"
+            )
+        ratio = m.file_size / max(m.compress_size, 1)
+        if m.file_size > RATIO_CHECK_BYTES and ratio > MAX_COMPRESSION_RATIO:
+            raise PermanentTaskError(
+                f"'{m.filename}' in '{blob_name}' inflates from {m.compress_size} to {m.file_size} bytes "
+                f"(compression ratio {ratio:.0f}:1; more than {MAX_COMPRESSION_RATIO}:1 is refused for members "
+                f"over {RATIO_CHECK_BYTES // 1024**2} MiB as a likely zip bomb)"
+            )
 
 
 def _layers_of(path: str, blob_name: str) -> list[tuple[str, str | None]]:
     try:
         return [(str(n), None if t is None else str(t)) for n, t in pyogrio.list_layers(path)]
     except GDAL_ERRORS as exc:
-        raise PermanentTaskError(f"could not open '{blob_name}': {exc}") from None
+        raise PermanentTaskError(f"could not open '{blob_name}': {scrub(str(exc), blob_name)}") from None
 
 
 def _gpkg_layers(path: str, blob_name: str, layer_name: str | None) -> list[LayerSource]:
@@ -215,6 +316,7 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
         members = _zip_members(local, blob_name)
         member = _pick_member(members, ".shp", conv.get("shp_name"), "shp_name", blob_name, None)
         _check_uncompressed(members, member, blob_name, max_inflated)
+        _check_zipped_shapefile(local, members, member, blob_name)
         inner = f"/vsizip/{local}/{member.filename}"
         src.layers = [LayerSource(inner, None, f"Shapefile '{member.filename}' in '{blob_name}'")]
     else:
@@ -237,3 +339,68 @@ def _count(src: Source) -> int:
             return -1
         total += n
     return total
+
+
+def _not_numbers(col: pa.Array) -> tuple[int, str] | None:
+    """(index, text) of the first non-empty value that is not a finite number."""
+    text = pc.fill_null(pc.utf8_trim_whitespace(col), "")
+    filled = pc.not_equal(text, "")
+    where = np.flatnonzero(filled.to_numpy(zero_copy_only=False))
+    values = pc.filter(text, filled)
+    try:
+        bad = ~np.isfinite(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        bad = np.array([not _finite(v) for v in values.to_pylist()], dtype=bool)
+    if not bad.any():
+        return None
+    j = int(np.flatnonzero(bad)[0])
+    return int(where[j]), str(values[j])
+
+
+def _finite(text: str) -> bool:
+    try:
+        return bool(np.isfinite(float(text)))
+    except ValueError:
+        return False
+
+
+def _not_wkt(col: pa.Array) -> tuple[int, str] | None:
+    """(index, text) of the first non-empty value that is not WKT."""
+    text = pc.fill_null(pc.utf8_trim_whitespace(col), "")
+    filled = pc.not_equal(text, "")
+    where = np.flatnonzero(filled.to_numpy(zero_copy_only=False))
+    values = pc.filter(text, filled).to_numpy(zero_copy_only=False)
+    bad = shapely.is_missing(shapely.from_wkt(values, on_invalid="ignore"))
+    if not bad.any():
+        return None
+    j = int(np.flatnonzero(bad)[0])
+    return int(where[j]), str(values[j])
+
+
+def unparsed_csv_geometry(local: Path, label: str, conv: dict[str, Any]) -> str | None:
+    """Why CSV rows came without a geometry although their coordinate/WKT columns hold text.
+
+    GDAL turns coordinates it cannot parse ('north', '1,5', 'nan') and WKT it cannot read into a
+    NULL geometry without a word; this second pass, run only when null geometries were seen, finds
+    the first such row so that the job can name it instead of dropping it as "null".
+    """
+    if conv.get("wkt_column"):
+        checks = [(conv["wkt_column"], "wkt_column", _not_wkt, "WKT")]
+    else:
+        checks = [(conv[p], p, _not_numbers, "a finite number") for p in ("lat_name", "lon_name")]
+    offset = 0
+    with pyogrio.open_arrow(
+        str(local), columns=[c[0] for c in checks], read_geometry=False, batch_size=50_000, use_pyarrow=True
+    ) as (_meta, reader):
+        for batch in reader:
+            for column, param, find, what in checks:
+                found = find(batch.column(column))
+                if found is not None:
+                    index, text = found
+                    shown = text if len(text) <= 80 else text[:77] + "..."
+                    return (
+                        f"{label}: feature {offset + index} has {shown!r} in column '{column}' "
+                        f"(converter_params.{param}), which is not {what}"
+                    )
+            offset += batch.num_rows
+    return None
