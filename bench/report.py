@@ -1,0 +1,335 @@
+"""BENCHMARKS.md from the raw results: pure functions, so the rendering is testable without a stack.
+
+The "History" section is written by people (what each change bought) and survives every
+re-render; everything else is regenerated from the JSON of raw runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from bench.peers import PEER_LABELS
+
+HISTORY_HEADING = "## History: what each change bought"
+DEFAULT_HISTORY = (
+    "One entry per optimisation: the change (commit), what it bought in the numbers above, and at\n"
+    "which scale it was measured. This section is kept as it is when `make bench` rewrites the file.\n"
+)
+ORDER = ("ogr2ogr_default", "ogr2ogr_tuned", "geopandas", "geoetl")
+DATASET_ORDER = ("gpkg", "csv", "geojson")
+BASELINE = "ogr2ogr_tuned"
+TARGET_RATIO = 1.0
+TARGET_WORKER_MB = 400.0
+TARGET_TASKS_PER_S = 500.0
+
+
+def extract_history(markdown: str | None) -> str:
+    """The body of the history section of an existing report ('' when there is none)."""
+    if not markdown:
+        return ""
+    lines = markdown.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().lower().startswith("## history"):
+            body: list[str] = []
+            for nxt in lines[i + 1:]:
+                if nxt.startswith("## "):
+                    break
+                body.append(nxt)
+            return "\n".join(body).strip("\n") + "\n"
+    return ""
+
+
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def _fmt(v: Any, digits: int = 1, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}{unit}"
+    return f"{v}{unit}"
+
+
+def _rows(n: int | None) -> str:
+    if not n:
+        return "-"
+    if n >= 1_000_000 and n % 100_000 == 0:
+        return f"{n / 1_000_000:g}M"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    return f"{n:,}"
+
+
+def summarise_ingest(ingest: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """dataset -> contender -> median seconds, runs, ratio to the tuned ogr2ogr, peak RSS, errors."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    datasets = ingest.get("datasets") or {}
+    for kind in sorted(datasets, key=lambda k: (*DATASET_ORDER, k).index(k)):
+        d = datasets[kind]
+        per: dict[str, dict[str, Any]] = {}
+        for peer in ORDER:
+            runs = [r for r in d.get("runs", []) if r.get("peer") == peer]
+            ok = [r for r in runs if not r.get("error") and r.get("seconds") is not None]
+            if not runs and peer not in (d.get("skipped") or {}):
+                continue
+            rss = [r.get("worker_peak_rss_mb") if peer == "geoetl" else (r.get("peak_rss_mb") or {}).get("client")
+                   for r in ok]
+            rss = [v for v in rss if v is not None]
+            per[peer] = {
+                "median_s": median([r["seconds"] for r in ok]),
+                "runs_s": [r["seconds"] for r in ok],
+                "failed": len(runs) - len(ok),
+                "errors": sorted({str(r.get("error"))[:300] for r in runs if r.get("error")}),
+                "peak_rss_mb": max(rss) if rss else None,
+                "skipped": (d.get("skipped") or {}).get(peer),
+            }
+            if peer == "geoetl":
+                procs: dict[str, float] = {}
+                for r in ok:
+                    for name, mb in (r.get("peak_rss_mb") or {}).items():
+                        procs[name] = max(procs.get(name, 0.0), mb)
+                per[peer]["process_peaks_mb"] = procs
+                base = [v for r in ok for n, v in (r.get("baseline_rss_mb") or {}).items() if n.startswith("worker")]
+                per[peer]["worker_baseline_mb"] = min(base) if base else None
+                stages: dict[str, list[float]] = {}
+                for r in ok:
+                    for name, sec in (r.get("seconds_per_stage") or {}).items():
+                        if sec is not None:
+                            stages.setdefault(name, []).append(sec)
+                known = ["prepare_chunks", "upload_chunks", "create_stac_record"]
+                per[peer]["stage_median_s"] = {n: median(stages[n]) for n in
+                                               sorted(stages, key=lambda n: (*known, n).index(n))}
+                per[peer]["chunks"] = next((r.get("chunks") for r in ok if r.get("chunks")), None)
+                per[peer]["api_peak_rss_mb"] = procs.get("api")
+                per[peer]["server_median_s"] = median([r["server_seconds"] for r in ok if r.get("server_seconds")])
+        base = (per.get(BASELINE) or {}).get("median_s")
+        for v in per.values():
+            v["ratio"] = round(v["median_s"] / base, 2) if base and v.get("median_s") else None
+        out[kind] = per
+    return out
+
+
+def _when(section: dict[str, Any]) -> str:
+    """'<date>, geoetl <rev>': every number is tied to the code it measured."""
+    env = section.get("env") or {}
+    return f"{env.get('date', '?')}, geoetl {(env.get('versions') or {}).get('geoetl', '?')}"
+
+
+def _machine_table(env: dict[str, Any]) -> list[str]:
+    m, v = env.get("machine", {}), env.get("versions", {})
+    rows = [
+        ("date", env.get("date")),
+        ("machine", m.get("platform")),
+        ("CPU", f"{m.get('cpu_model')} — {m.get('cores')} cores"),
+        ("memory", f"{m.get('ram_gb')} GB"),
+        ("load average at start", m.get("loadavg")),
+        ("GDAL (ogr2ogr)", v.get("ogr2ogr")),
+        ("GDAL (pyogrio wheel)", v.get("pyogrio_gdal")),
+        ("PostgreSQL / PostGIS", f"{v.get('postgresql')} / {v.get('postgis')}"),
+        ("Python", v.get("python")),
+        ("geopandas / pyogrio / shapely / SQLAlchemy", v.get("python_libs")),
+        ("geoetl", v.get("geoetl")),
+    ]
+    return ["| | |", "| --- | --- |", *[f"| {k} | {val if val is not None else '-'} |" for k, val in rows]]
+
+
+def _ingest_section(ingest: dict[str, Any], summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    runs = ingest.get("runs")
+    lines = [
+        f"## Ingest: median of {runs} runs (scale {ingest.get('scale', 0):g}, seed {ingest.get('seed')})",
+        "",
+        f"Measured {_when(ingest)}. Seconds from start to a loaded table with a spatial index;"
+        " ratio = median / median of (b). Peak RSS is the client process tree for (a)-(c) and the largest"
+        " single worker for (d) (every geoetl process is listed under the table).",
+        "",
+        "| dataset | rows | file MB | contender | median s | x (b) | runs (s) | peak RSS MB |",
+        "| --- | ---: | ---: | --- | ---: | ---: | --- | ---: |",
+    ]
+    for kind, per in summary.items():
+        d = ingest["datasets"][kind]
+        for peer, s in per.items():
+            label = PEER_LABELS.get(peer, peer)
+            if s.get("skipped"):
+                lines.append(f"| {kind} | {_rows(d.get('rows'))} | {_fmt(d.get('file_mb'))} | {label} |"
+                             f" skipped | | {s['skipped']} | |")
+                continue
+            runs_s = ", ".join(f"{x:.2f}" for x in s["runs_s"]) + (f" ({s['failed']} failed)" if s["failed"] else "")
+            lines.append(
+                f"| {kind} | {_rows(d.get('rows'))} | {_fmt(d.get('file_mb'))} | {label} | {_fmt(s['median_s'], 2)} |"
+                f" {_fmt(s['ratio'], 2, 'x')} | {runs_s} | {_fmt(s['peak_rss_mb'], 0)} |"
+            )
+    uploads = [f"{k} {median(ingest['datasets'][k].get('upload_s') or []) or 0:.2f} s" for k in summary]
+    lines += ["", f"Upload to blob storage for (d), timed separately and not in the table: {', '.join(uploads)}."]
+    peaks, bases = [], []
+    for kind, per in summary.items():
+        g = per.get("geoetl") or {}
+        if g.get("process_peaks_mb"):
+            peaks.append(f"{kind}: " + ", ".join(f"{n} {mb:.0f}" for n, mb in sorted(g["process_peaks_mb"].items())))
+        if g.get("worker_baseline_mb") is not None:
+            bases.append(g["worker_baseline_mb"])
+    breakdown = []
+    for kind, per in summary.items():
+        g = per.get("geoetl") or {}
+        if g.get("stage_median_s"):
+            st = ", ".join(f"{n} {v:.2f}" for n, v in g["stage_median_s"].items() if v is not None)
+            breakdown.append(f"{kind}: {st} (job in the database {_fmt(g.get('server_median_s'), 2)} s,"
+                             f" {g.get('chunks')} chunks)")
+    if breakdown:
+        lines += ["", "Where geoetl's time goes (median seconds per stage): " + "; ".join(breakdown) + "."]
+    if peaks:
+        idle = f" When a run started (before its job), the smallest worker held {min(bases):.0f} MB." if bases else ""
+        lines += ["", "Peak RSS (MB) of every geoetl process during its runs (max over runs): " + "; ".join(peaks)
+                  + "." + idle]
+    errors = [(k, p, e) for k, per in summary.items() for p, s in per.items() for e in s.get("errors", [])]
+    if errors:
+        lines += ["", "Failed runs:", ""]
+        lines += [f"- {k} {PEER_LABELS.get(p, p)}: `{e}`" for k, p, e in errors]
+    return lines
+
+
+def _orchestration_section(orch: dict[str, Any]) -> list[str]:
+    runs = [r for r in orch.get("runs", []) if not r.get("error")]
+    med = {k: median([r[k] for r in runs if r.get(k) is not None])
+           for k in ("tasks_per_s", "dispatch_p50_ms", "dispatch_p95_ms", "server_s", "worker_peak_rss_mb")}
+    lines = [
+        f"## Orchestration: hello_world n={orch.get('n')}, median of {len(runs)} runs",
+        "",
+        f"Measured {_when(orch)}. Tasks/s = n / (job completed_at - created_at), both set by"
+        " the database; dispatch latency = task started_at - created_at (enqueue to task start), over the n"
+        " stage-1 tasks of each run. All n tasks are enqueued at once, so the latency is mostly time spent"
+        " waiting behind the tasks ahead of it: p50 is roughly half the stage's duration.",
+        "",
+        "| metric | median | runs |",
+        "| --- | ---: | --- |",
+    ]
+    for key, label, digits in (("tasks_per_s", "tasks/s end to end", 0), ("server_s", "job duration (s)", 2),
+                               ("dispatch_p50_ms", "dispatch latency p50 (ms)", 0),
+                               ("dispatch_p95_ms", "dispatch latency p95 (ms)", 0),
+                               ("worker_peak_rss_mb", "worker peak RSS (MB)", 0)):
+        vals = ", ".join(_fmt(r.get(key), digits) for r in runs)
+        lines.append(f"| {label} | {_fmt(med[key], digits)} | {vals} |")
+    idle = orch.get("idle") or {}
+    if idle.get("latencies_ms"):
+        lines += ["", f"Idle dispatch latency (n=1 jobs one after another, {len(idle['latencies_ms'])} samples,"
+                      f" workers waiting on LISTEN/NOTIFY): p50 {_fmt(idle.get('p50_ms'), 1)} ms,"
+                      f" p95 {_fmt(idle.get('p95_ms'), 1)} ms."]
+    errors = [r["error"] for r in orch.get("runs", []) if r.get("error")]
+    lines += [f"- failed run: `{e}`" for e in errors]
+    return lines
+
+
+def _memory_rows(sections: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, int, float | None, Any, str]]:
+    """(source, rows, worker peak MB, api peak MB, when) for every GeoPackage geoetl ingested."""
+    out = []
+    ingest = sections.get("ingest") or {}
+    g = (summary.get("gpkg") or {}).get("geoetl")
+    if g and g.get("peak_rss_mb") is not None:
+        out.append(("ingest runs (max over runs)", ingest["datasets"]["gpkg"]["rows"], g["peak_rss_mb"],
+                    g.get("api_peak_rss_mb"), _when(ingest)))
+    for _scale, m in sorted((sections.get("memory") or {}).items(), key=lambda kv: float(kv[0])):
+        r = m.get("run") or {}
+        out.append(("memory run (once)", m.get("rows"), r.get("worker_peak_rss_mb"),
+                    (r.get("peak_rss_mb") or {}).get("api"),
+                    _when(m) + (f" - failed: {r['error'][:200]}" if r.get("error") else "")))
+    return out
+
+
+def _memory_section(sections: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    rows = _memory_rows(sections, summary)
+    lines = [
+        "## Memory bound: worker peak RSS by file size",
+        "",
+        "Largest resident set of any one worker process (with its children) while the job ran, sampled every"
+        f" 0.1 s. Target: ≤ {TARGET_WORKER_MB:.0f} MB at 1M and 10M polygons. Run the 10x file with"
+        " `make bench BENCH_ARGS=\"--only memory --scale 10\"`.",
+        "",
+        "| source | GeoPackage rows | worker peak MB | API peak MB | measured (date, code) |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    lines += [f"| {s} | {_rows(n)} | {_fmt(w, 0)} | {_fmt(a, 0)} | {when} |" for s, n, w, a, when in rows]
+    if not rows:
+        lines.append("| not measured yet | | | | |")
+    return lines
+
+
+def _targets(sections: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    lines = ["## Targets (issue 7)", "", "| target | measured | met |", "| --- | --- | --- |"]
+    ingest = sections.get("ingest") or {}
+    g = (summary.get("gpkg") or {}).get("geoetl") or {}
+    rows = (ingest.get("datasets") or {}).get("gpkg", {}).get("rows")
+    if g.get("ratio") is not None:
+        note = "" if rows == 1_000_000 else f" (at {_rows(rows)} rows, not the 1M file)"
+        lines.append(f"| geoetl end to end ≤ {TARGET_RATIO:.1f}x tuned ogr2ogr, 1M GeoPackage |"
+                     f" {g['ratio']:.2f}x{note} | {'yes' if g['ratio'] <= TARGET_RATIO else '**no**'} |")
+    else:
+        lines.append("| geoetl end to end ≤ 1.0x tuned ogr2ogr, 1M GeoPackage | not measured | - |")
+    for src, n, w, _a, when in _memory_rows(sections, summary):
+        if w is not None:
+            lines.append(f"| worker peak RSS ≤ {TARGET_WORKER_MB:.0f} MB, {_rows(n)} GeoPackage |"
+                         f" {w:.0f} MB ({src}; {when}) | {'yes' if w <= TARGET_WORKER_MB else '**no**'} |")
+    orch = sections.get("orchestration") or {}
+    tps = median([r["tasks_per_s"] for r in orch.get("runs", []) if r.get("tasks_per_s")])
+    if tps is not None:
+        lines.append(f"| hello_world n={orch.get('n')} ≥ {TARGET_TASKS_PER_S:.0f} tasks/s | {tps:.0f} tasks/s |"
+                     f" {'yes' if tps >= TARGET_TASKS_PER_S else '**no**'} |")
+    return lines
+
+
+NOTES = """## What each contender does
+
+All four load the same generated file into the same PostgreSQL database (peers into schema
+`bench`, geoetl into `geo`), one at a time, in a rotating order; each table is dropped after
+its run. Every table ends with a GiST index on its geometry.
+
+- **(a) ogr2ogr default**: `ogr2ogr -f PostgreSQL PG:... FILE -nln bench.T -overwrite`. GDAL's
+  PostgreSQL driver uses COPY and builds the GiST index itself; no ANALYZE.
+- **(b) ogr2ogr tuned**: the same plus `-lco SPATIAL_INDEX=NONE -gt 100000`, then
+  `CREATE INDEX ... USING GIST` and `ANALYZE` (both inside the timing). The baseline of the ratios.
+- **(c) geopandas**: `geopandas.read_file(FILE).to_postgis(T, engine)` in its own Python process
+  (import time included); GeoAlchemy2 creates the GiST index with the table. The whole file is
+  in memory, so it is not run above 2M rows.
+- **(d) geoetl**: `POST /api/jobs/ingest_vector`, then `GET /api/jobs/status/{id}` every 0.2 s
+  until `completed`, with the two workers of the local stack. It does more than the others:
+  streams the file from blob storage, validates and repairs geometries, promotes to Multi*,
+  writes GeoParquet chunks, loads them with parallel binary COPY, builds the GiST index,
+  ANALYZEs and writes a STAC item. The upload to blob storage is timed separately.
+- CSV: every contender is told the point columns (`lat`, `lon`) and EPSG:4326; the ogr2ogr and
+  geopandas runs use GDAL's `X_POSSIBLE_NAMES`, `Y_POSSIBLE_NAMES` and `AUTODETECT_TYPE=YES`.
+- Peak RSS counts the client side only; the PostgreSQL server's memory (shared by every
+  contender, and mostly shared buffers) is not included.
+- The machine is shared: other work running at the same time shows up as spread between runs,
+  which is why each number is a median and the individual runs are listed.
+"""
+
+
+def render(results: dict[str, Any], history: str = "") -> str:
+    """The whole report; `history` is the preserved body of the history section."""
+    sections = results.get("sections") or {}
+    ingest = sections.get("ingest") or {}
+    summary = summarise_ingest(ingest) if ingest else {}
+    env = results.get("environment") or {}
+    out = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`.venv/bin/python -m bench`) from real runs on the machine below;"
+        " raw runs are in `bench/results/latest.json`. Benchmarks never run in CI and gate no test.",
+        "Data is generated by the benchmark (seeded, cached in `bench/data/`): polygons with 8 vertices"
+        " and 7 attributes (int, float, text, date) as a GeoPackage, points as a lat/lon CSV, polygons"
+        " as GeoJSON; `--scale 1` is 1M / 1M / 200k rows, `--scale 10` the 10M-polygon variant.",
+        "",
+        "## Machine and versions",
+        "",
+        *_machine_table(env),
+        "",
+        *_targets(sections, summary),
+        "",
+    ]
+    if ingest:
+        out += [*_ingest_section(ingest, summary), ""]
+    if sections.get("orchestration"):
+        out += [*_orchestration_section(sections["orchestration"]), ""]
+    out += [*_memory_section(sections, summary), "", NOTES, HISTORY_HEADING, "",
+            (history.strip("\n") + "\n") if history.strip() else DEFAULT_HISTORY]
+    return "\n".join(out).rstrip("\n") + "\n"
