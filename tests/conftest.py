@@ -72,10 +72,10 @@ def azurite() -> Iterator[None]:
     exe = ROOT / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
     if not exe.exists():
         pytest.fail(f"Azurite is not installed at {exe}: run the tests with `make test`", pytrace=False)
-    data = RUN_DIR / "azurite"
+    data = RUN_DIR / f"azurite-{AZURITE_PORT}"  # one folder per port: sessions on other ports keep theirs
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
-    log = open(RUN_DIR / "azurite.log", "w")
+    log = open(RUN_DIR / f"azurite-{AZURITE_PORT}.log", "w")
     proc = subprocess.Popen(
         [str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(AZURITE_PORT), "--location", str(data),
          "--disableTelemetry", "--skipApiVersionCheck", "--loose"],

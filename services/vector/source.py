@@ -25,6 +25,7 @@ import shapely
 from core.errors import PermanentTaskError
 from infrastructure.blob import BlobStore
 from services.vector.formats import FORMAT_NAMES
+from services.vector.geojson_stream import SequenceInfo, to_sequence
 
 # What GDAL raises for unreadable data (pyogrio's errors are RuntimeErrors).
 GDAL_ERRORS = (RuntimeError, OSError, ValueError)
@@ -297,7 +298,18 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
     src = Source(blob_name=blob_name, ext=ext, layers=[], crs=conv.get("crs"), encoding=conv.get("encoding"))
     kind = FORMAT_NAMES[ext]
     path = str(local)
-    if ext in ("geojson", "json", "shp"):
+    if ext in ("geojson", "json"):
+        streamed = _as_sequence(local)
+        if streamed is not None:
+            sequence, info = streamed
+            if info.features == 0:
+                raise PermanentTaskError(f"file '{blob_name}' contains no features")
+            src.crs = src.crs or info.crs_name
+            src.layers = [LayerSource(str(sequence), None, f"{kind} '{blob_name}'")]
+            src.feature_count = info.features
+            return src
+        src.layers = [LayerSource(path, None, f"{kind} '{blob_name}'")]
+    elif ext == "shp":
         src.layers = [LayerSource(path, None, f"{kind} '{blob_name}'")]
     elif ext == "csv":
         src.open_options = _csv_options(local, blob_name, conv)
@@ -323,6 +335,17 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
         raise PermanentTaskError(f"unsupported file_extension '{ext}'")
     src.feature_count = _count(src)
     return src
+
+
+def _as_sequence(local: Path) -> tuple[Path, SequenceInfo] | None:
+    """A FeatureCollection rewritten as a GeoJSON text sequence, which GDAL streams; None when the
+    document is something else (a single Feature, malformed JSON): GDAL then reads it, and says why not."""
+    sequence = local.with_name(local.name + ".geojsons")
+    try:
+        return sequence, to_sequence(local, sequence)
+    except (ValueError, UnicodeDecodeError):  # NotAFeatureCollection and JSON errors are ValueErrors
+        sequence.unlink(missing_ok=True)
+        return None
 
 
 def _count(src: Source) -> int:
