@@ -82,3 +82,23 @@ def test_no_secret_in_answers_or_logs(database, nonce, tmp_path):
     assert SECRET_KEY not in logs
     assert "AccountKey=" not in logs and "postgresql://postgres:postgres@" not in logs
     assert json.dumps(SECRET_KEY) not in logs
+
+
+@pytest.mark.load
+@pytest.mark.slow
+def test_twenty_small_ingests_at_once(api_server, db, workers, nonce):
+    """20 different files submitted at the same moment: every job completes with its exact rows."""
+    from tests.vector_files import geojson, points, upload
+
+    sizes = [5 + 7 * i for i in range(20)]
+    blobs = [upload(f"{nonce}/load_{i}.geojson", geojson([(p, {"i": j}) for j, p in enumerate(points(n, i, i))]))
+             for i, n in enumerate(sizes)]
+    bodies = [{"blob_name": b, "file_extension": "geojson", "table_name": f"load_{nonce}_{i}"}
+              for i, b in enumerate(blobs)]
+    workers.start(3, concurrency=2)
+    with ThreadPoolExecutor(20) as ex:
+        answers = list(ex.map(lambda b: requests.post(f"{api_server}/jobs/ingest_vector", json=b, timeout=60), bodies))
+    assert [a.status_code for a in answers] == [202] * 20, [a.text for a in answers if a.status_code != 202]
+    assert {wait_for_job(a.json()["job_id"], timeout=240) for a in answers} == {"completed"}
+    for i, n in enumerate(sizes):
+        assert db.execute(f'SELECT count(*) AS n FROM geo."load_{nonce}_{i}"').fetchone()["n"] == n
