@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from core import state
 from core.machine import CoreMachine
 from core.models import JobRecord
 from infrastructure import database
@@ -62,7 +61,7 @@ class Janitor:
                 "task_id": None,
             }
             with database.connection() as conn:
-                if state.fail_task_and_job(conn, None, r["job_id"], details):
+                if self.machine.fail_job(conn, None, r["job_id"], details):
                     failed += 1
         return failed
 

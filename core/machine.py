@@ -136,7 +136,7 @@ class CoreMachine:
             "phase": "creating the stage's tasks",
         }
         with database.connection() as conn:
-            failed = state.fail_task_and_job(conn, None, message.job_id, details)
+            failed = self.fail_job(conn, None, message.job_id, details)
             settle(conn)
             if failed:
                 job = state.get_job(conn, message.job_id)
@@ -219,10 +219,19 @@ class CoreMachine:
                 "retryable": is_retryable(exc),
                 "traceback_tail": traceback.format_exception(exc)[-1].strip()[:500],
             }
-            state.fail_task_and_job(conn, task, job.job_id, details)
+            self.fail_job(conn, task, job.job_id, details)
             settle(conn)
             after.cleanups.append((job, True))
         return "failed"
+
+    def fail_job(
+        self, conn: psycopg.Connection, task: TaskRecord | None, job_id: str, details: dict[str, Any]
+    ) -> bool:
+        """Fail the job (and task), cancel what has not started and drop its waiting task messages."""
+        if not state.fail_task_and_job(conn, task, job_id, details):
+            return False
+        self.queue.discard_pending(conn, self.settings.tasks_queue, job_id)
+        return True
 
     def fail_poison_message(self, body: dict[str, Any], delivery_count: int, settle: Settle = _no_settle) -> None:
         """A message delivered too often (its worker keeps dying): fail its task and job instead of looping."""
@@ -238,7 +247,7 @@ class CoreMachine:
                 row = conn.execute("SELECT * FROM app.tasks WHERE task_id = %s", [body["task_id"]]).fetchone()
                 task = TaskRecord.model_validate(row) if row else None
             details = {"error": reason, "task_id": body.get("task_id"), "stage": body.get("stage")}
-            if job_id and state.fail_task_and_job(conn, task, job_id, details):
+            if job_id and self.fail_job(conn, task, job_id, details):
                 job = state.get_job(conn, job_id)
                 if job is not None:
                     after.cleanups.append((job, True))

@@ -75,6 +75,8 @@ def test_failure_rate_one_fails_job_cleanly(db, drain, nonce):
         "SELECT status FROM app.tasks WHERE parent_job_id = %s", [job_id]).fetchall()}
     assert "queued" not in statuses and "failed" in statuses
     assert ("stage_advanced", 1) not in events(db, job_id)
+    left = db.execute("SELECT count(*) AS n FROM app.queue_messages WHERE body->>'parent_job_id' = %s", [job_id])
+    assert left.fetchone()["n"] == 0  # the cancelled tasks' messages were dropped with the failure
 
 
 def test_failure_rate_with_retries_completes(db, drain, nonce):

@@ -38,6 +38,14 @@ class MessageQueue(ABC):
     def send(self, conn: psycopg.Connection, queue: str, messages: Sequence[OutgoingMessage]) -> None:
         """Record messages in the caller's transaction; they become visible when it commits."""
 
+    def discard_pending(self, conn: psycopg.Connection, queue: str, job_id: str) -> int:
+        """Drop a finished job's messages that no consumer holds, in the caller's transaction.
+
+        Only possible where the queue lives in the database; elsewhere they arrive and are
+        acknowledged as no-ops.
+        """
+        return 0
+
     def after_commit(self) -> None:  # noqa: B027 - a hook most backends do not need
         """Push what the last transactions recorded (no-op when the outbox is the queue)."""
 

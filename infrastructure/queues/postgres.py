@@ -65,6 +65,14 @@ class PostgresQueue(MessageQueue):
             ],
         )
 
+    def discard_pending(self, conn: psycopg.Connection, queue: str, job_id: str) -> int:
+        cur = conn.execute(
+            "DELETE FROM app.queue_messages WHERE queue = %s AND body ->> 'parent_job_id' = %s"
+            " AND dead_lettered_at IS NULL AND (lock_token IS NULL OR visible_at <= clock_timestamp())",
+            [queue, job_id],
+        )
+        return cur.rowcount
+
     # --- receiving and settling
     def receive(self, queue: str, max_messages: int = 1, lock_seconds: float | None = None) -> list[ReceivedMessage]:
         with database.connection() as conn:
