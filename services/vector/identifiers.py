@@ -30,15 +30,16 @@ TABLE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 def table_name_problem(name: str) -> str | None:
     """Why `name` is not an acceptable table name, or None when it is."""
+    shown = repr(name) if len(name) <= 80 else f"{name[:60]!r}... ({len(name)} characters)"
     if not TABLE_NAME_RE.match(name):
         return (
-            f"table_name {name!r} must start with a lowercase letter and contain only lowercase letters, "
+            f"table_name {shown} must start with a lowercase letter and contain only lowercase letters, "
             "digits and underscores"
         )
     if len(name.encode()) > MAX_IDENTIFIER_BYTES:
-        return f"table_name {name!r} is longer than {MAX_IDENTIFIER_BYTES} bytes (PostgreSQL's identifier limit)"
+        return f"table_name {shown} is longer than {MAX_IDENTIFIER_BYTES} bytes (PostgreSQL's identifier limit)"
     if name in RESERVED_WORDS:
-        return f"table_name {name!r} is a reserved word in PostgreSQL; choose another name"
+        return f"table_name {shown} is a reserved word in PostgreSQL; choose another name"
     return None
 
 
