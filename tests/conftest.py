@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -215,20 +216,27 @@ def workers(database: str) -> Iterator[WorkerPool]:
 API_PORT = int(os.environ.get("GEOETL_TEST_API_PORT", "7171"))
 
 
-@pytest.fixture(scope="session")
-def api_server(database: str) -> Iterator[str]:
-    """The real API (`geoetl serve`) on the test port; yields its /api base URL."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve_api(port: int, name: str, *args: str, **env: str) -> Iterator[str]:
+    """A real `geoetl serve` on port (log in the test run folder); yields its /api base URL."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    if port_open(API_PORT):
-        pytest.fail(f"port {API_PORT} is taken; the test API needs it", pytrace=False)
-    log = open(RUN_DIR / "api.log", "ab")
+    if port_open(port):
+        pytest.fail(f"port {port} is taken; the test API needs it", pytrace=False)
+    log = open(RUN_DIR / f"api-{name}.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "triggers.cli", "serve", "--port", str(API_PORT)],
-        cwd=ROOT, env={**os.environ, **TEST_ENV}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "triggers.cli", "serve", "--port", str(port), *args],
+        cwd=ROOT, env={**os.environ, **TEST_ENV, **env}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
-        wait_port(API_PORT, timeout=60)
-        yield f"http://127.0.0.1:{API_PORT}/api"
+        wait_port(port, timeout=60)
+        yield f"http://127.0.0.1:{port}/api"
     finally:
         os.killpg(proc.pid, 15)
         try:
@@ -236,3 +244,10 @@ def api_server(database: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def api_server(database: str) -> Iterator[str]:
+    """The real API on the test port, for the whole session."""
+    with serve_api(API_PORT, "session") as base:
+        yield base

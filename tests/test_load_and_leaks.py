@@ -7,12 +7,11 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import ROOT, RUN_DIR, TEST_ENV, wait_port
+from tests.conftest import ROOT, RUN_DIR, TEST_ENV, free_port, serve_api
 from tests.helpers import wait_for_job
 
 
@@ -41,43 +40,36 @@ SECRET_KEY = "k3y-that-must-never-be-logged"
 
 
 @pytest.mark.load
-def test_no_secret_in_answers_or_logs(database, nonce, tmp_path):
-    port = 7199
-    env = {**os.environ, **TEST_ENV, "API_KEYS": SECRET_KEY, "LOG_LEVEL": "DEBUG"}
-    log_path = RUN_DIR / f"leak-api-{nonce}.log"
-    log = open(log_path, "wb")
-    api = subprocess.Popen([sys.executable, "-m", "triggers.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def test_no_secret_in_answers_or_logs(database, nonce):
+    env = {"API_KEYS": SECRET_KEY, "LOG_LEVEL": "DEBUG"}
     wlog_path = RUN_DIR / f"leak-worker-{nonce}.log"
     wlog = open(wlog_path, "wb")
-    worker = subprocess.Popen([sys.executable, "-m", "triggers.cli", "worker"], cwd=ROOT, env=env,
-                              stdout=wlog, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen([sys.executable, "-m", "triggers.cli", "worker"], cwd=ROOT,
+                              env={**os.environ, **TEST_ENV, **env}, stdout=wlog, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     try:
-        wait_port(port, 60)
-        base = f"http://127.0.0.1:{port}/api"
-        answers = [
-            requests.post(f"{base}/jobs/submit/hello_world", json={"message": nonce}, timeout=30),
-            requests.post(f"{base}/jobs/submit/hello_world", json={"message": nonce},
-                          headers={"x-functions-key": "wrong"}, timeout=30),
-            requests.post(f"{base}/jobs/submit/hello_world", data=b"{bad", timeout=30),
-        ]
-        ok = requests.post(f"{base}/jobs/submit/hello_world?code={SECRET_KEY}",
-                           json={"n": 2, "failure_rate": 1, "message": nonce}, timeout=30)
-        assert [a.status_code for a in answers] == [401, 401, 401] and ok.status_code == 202
-        assert wait_for_job(ok.json()["job_id"], timeout=60) == "failed"
-        answers += [ok, requests.get(f"{base}/jobs/status/{ok.json()['job_id']}", timeout=30),
-                    requests.get(f"{base}/health", timeout=30), requests.get(f"{base}/openapi.json", timeout=30)]
+        with serve_api(free_port(), f"leak-{nonce}", **env) as base:
+            answers = [
+                requests.post(f"{base}/jobs/submit/hello_world", json={"message": nonce}, timeout=30),
+                requests.post(f"{base}/jobs/submit/hello_world", json={"message": nonce},
+                              headers={"x-functions-key": "wrong"}, timeout=30),
+                requests.post(f"{base}/jobs/submit/hello_world", data=b"{bad", timeout=30),
+            ]
+            ok = requests.post(f"{base}/jobs/submit/hello_world?code={SECRET_KEY}",
+                               json={"n": 2, "failure_rate": 1, "message": nonce}, timeout=30)
+            assert [a.status_code for a in answers] == [401, 401, 401] and ok.status_code == 202
+            assert wait_for_job(ok.json()["job_id"], timeout=60) == "failed"
+            answers += [ok, requests.get(f"{base}/jobs/status/{ok.json()['job_id']}", timeout=30),
+                        requests.get(f"{base}/health", timeout=30), requests.get(f"{base}/openapi.json", timeout=30)]
         for a in answers:
             text = a.text
             assert SECRET_KEY not in text and "postgresql://" not in text and "AccountKey" not in text
             assert "Traceback" not in text
     finally:
-        for p in (api, worker):
-            os.killpg(p.pid, 15)
-            p.wait(30)
-        log.close()
+        os.killpg(worker.pid, 15)
+        worker.wait(30)
         wlog.close()
-    logs = Path(log_path).read_text(errors="replace") + Path(wlog_path).read_text(errors="replace")
+    logs = (RUN_DIR / f"api-leak-{nonce}.log").read_text(errors="replace") + wlog_path.read_text(errors="replace")
     assert "job" in logs.lower()  # the logs are not empty: the check below means something
     assert SECRET_KEY not in logs
     assert "AccountKey=" not in logs and "postgresql://postgres:postgres@" not in logs

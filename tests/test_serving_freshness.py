@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +11,7 @@ import pytest
 import requests
 from psycopg import sql
 
-from tests.conftest import ROOT, RUN_DIR, TEST_ENV, wait_port
+from tests.conftest import free_port, serve_api
 from tests.test_serving_support import connect, create_points, create_squares, drop, get_json
 
 pytestmark = pytest.mark.serving
@@ -60,32 +56,11 @@ def test_new_table_is_served_at_once_then_altered_then_dropped(database: str, ap
             drop(conn, table)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def extra_api(name: str, *args: str, **env: str) -> Iterator[str]:
-    """Another `geoetl serve` on a free port (its log in the test run folder); yields its /api base."""
-    port = _free_port()
-    log = open(RUN_DIR / f"api-{name}.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "triggers.cli", "serve", "--port", str(port), *args],
-        cwd=ROOT, env={**os.environ, **TEST_ENV, **env}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_port(port, timeout=60)
-        yield f"http://127.0.0.1:{port}/api"
-    finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-        log.close()
+    """Another `geoetl serve` on a free port; yields its /api base."""
+    with serve_api(free_port(), name, *args, **env) as base:
+        yield base
 
 
 @pytest.fixture
