@@ -104,3 +104,18 @@ def test_database_connections_cut_mid_job(db, workers, nonce):
     assert wait_for_job(job_id, timeout=180) == "completed"
     assert stage_rows(db, job_id) == [(1, "completed", 300), (2, "completed", 1)]
     assert advances(db, job_id) == [1]
+
+
+@pytest.mark.slow
+def test_long_tasks_keep_their_lock(db, workers, nonce):
+    """Tasks running longer than the lock (QUEUE_LOCK_SECONDS=6 here) are renewed, never handed to another worker."""
+    workers.start(2, concurrency=2)
+    job_id = submit("hello_world", {"n": 2, "sleep_ms": 9000, "message": nonce})
+    assert wait_for_job(job_id, timeout=90) == "completed"
+    attempts = [r["attempts"] for r in db.execute(
+        "SELECT attempts FROM app.tasks WHERE parent_job_id = %s AND stage = 1", [job_id]).fetchall()]
+    assert attempts == [1, 1]
+    beats = db.execute(
+        "SELECT bool_and(heartbeat_at > started_at + interval '2 seconds') AS ok FROM app.tasks"
+        " WHERE parent_job_id = %s AND stage = 1", [job_id]).fetchone()
+    assert beats["ok"]  # the heartbeat moved while the tasks ran
