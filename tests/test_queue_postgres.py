@@ -115,3 +115,12 @@ def test_listen_notify_wakes_waiter(q):
     queue.wait(5.0)
     assert time.monotonic() - t0 < 2.0
     queue.close()
+
+
+def test_release_gives_back_without_counting_a_delivery(q):
+    queue, name = q
+    send(queue, name, "a")
+    (m,) = queue.receive(name)
+    queue.release(m)
+    (again,) = queue.receive(name)
+    assert again.message_id == "a" and again.delivery_count == 1

@@ -24,6 +24,7 @@ from infrastructure import database
 from infrastructure.queues import MessageQueue, ReceivedMessage, get_queue
 
 log = logging.getLogger("geoetl.worker")
+PREFETCH_BUDGET = 0.2  # seconds of expected work a consumer takes per receive
 
 
 class Worker:
@@ -94,10 +95,17 @@ class Worker:
 
     # --- threads
     def _consume(self) -> None:
-        """Receive a few messages per round trip; locks of those waiting their turn are renewed too."""
+        """Receive several short tasks per round trip, long ones one at a time.
+
+        The batch size follows the recent task duration: about PREFETCH_BUDGET seconds of work
+        per batch. A task that turns out long gives the rest of its batch back at once, so other
+        consumers (and other workers) can take them instead of waiting behind it.
+        """
+        typical = PREFETCH_BUDGET  # seconds per task, smoothed; start cautious (batch of one)
         while not self.stopping.is_set():
+            size = max(1, min(self.settings.worker_prefetch, int(PREFETCH_BUDGET / max(typical, 1e-4))))
             try:
-                batch = self.receive_batch(self.settings.worker_prefetch)
+                batch = self.receive_batch(size)
             except Exception:
                 log.exception("receiving failed; retrying shortly")
                 self.stopping.wait(2.0)
@@ -108,19 +116,26 @@ class Worker:
             with self._inflight_lock:
                 self._inflight.update({id(m): m for m in batch})
             for i, msg in enumerate(batch):
-                if self.stopping.is_set():  # give back what this consumer had not started
-                    for rest in batch[i:]:
-                        self._give_back(rest)
+                if self.stopping.is_set():
+                    self._give_back(batch[i:])
                     break
+                started = time.monotonic()
                 self.handle(msg)
+                took = time.monotonic() - started
+                typical = 0.7 * typical + 0.3 * took
+                if took > PREFETCH_BUDGET and i + 1 < len(batch):
+                    self._give_back(batch[i + 1 :])
+                    break
 
-    def _give_back(self, msg: ReceivedMessage) -> None:
-        with self._inflight_lock:
-            self._inflight.pop(id(msg), None)
-        try:
-            self.queue.abandon(msg)
-        except Exception:
-            log.exception("could not give back %s; its lock will expire", msg.message_id)
+    def _give_back(self, msgs: list[ReceivedMessage]) -> None:
+        """Return messages this consumer received but did not start (not counted as a delivery)."""
+        for msg in msgs:
+            with self._inflight_lock:
+                self._inflight.pop(id(msg), None)
+            try:
+                self.queue.release(msg)
+            except Exception:
+                log.exception("could not give back %s; its lock will expire", msg.message_id)
 
     def _renew_locks(self) -> None:
         every = max(1.0, self.settings.queue_lock_seconds / 3)

@@ -65,6 +65,10 @@ class MessageQueue(ABC):
     def dead_letter(self, msg: ReceivedMessage, reason: str) -> None:
         ...
 
+    def release(self, msg: ReceivedMessage) -> None:
+        """Give back a message that was received but never started."""
+        self.abandon(msg)
+
     @abstractmethod
     def renew_lock(self, msg: ReceivedMessage) -> bool:
         """Extend the lock; False when it was lost (another consumer may have the message)."""

@@ -108,6 +108,15 @@ class PostgresQueue(MessageQueue):
                 [delay_seconds, msg.handle, msg.lock_token],
             )
 
+    def release(self, msg: ReceivedMessage) -> None:
+        """Unlike abandon, a message given back unopened does not count towards dead-lettering."""
+        with database.connection() as c:
+            c.execute(
+                "UPDATE app.queue_messages SET lock_token = NULL, visible_at = clock_timestamp(),"
+                " delivery_count = greatest(delivery_count - 1, 0) WHERE id = %s AND lock_token = %s",
+                [msg.handle, msg.lock_token],
+            )
+
     def dead_letter(self, msg: ReceivedMessage, reason: str) -> None:
         with database.connection() as c:
             c.execute(
