@@ -1,6 +1,7 @@
 """ingest_vector: a vector file in blob storage -> one PostGIS table + its STAC item.
 
-Stage 1 (single)  prepare_chunks      stream the file, repair/reproject, write GeoParquet chunks
+Stage 1 (single*) prepare_chunks      stream the file, repair/reproject, write GeoParquet chunks
+                                      (*GeoPackage: INGEST_PREPARE_SLICES tasks, one fid range each)
 Stage 2 (fan-out) upload_chunks       table created once (setup_stage), then one COPY task per chunk
 Stage 3 (single)  create_stac_record  indexes, ANALYZE, STAC item in pgstac
 
@@ -50,6 +51,7 @@ from jobs.base import JobBase, JobParameters, Stage, describe_validation_error, 
 from services.vector.chunks import chunk_prefix
 from services.vector.formats import SUPPORTED_EXTENSIONS, ConverterParamsError, validate_converter_params
 from services.vector.identifiers import table_name_problem
+from services.vector.prepare import merge_prepared
 from services.vector.source import REQUIRED_SIDECARS, find_sidecar, shapefile_stem
 from services.vector.stac import delete_owned_item, tiles_url
 from services.vector.table import create_table, drop_hint, drop_owned_table, table_exists
@@ -92,7 +94,8 @@ class IngestVectorJob(JobBase):
     job_type = "ingest_vector"
     description = "Load a vector file into a PostGIS table with parallel chunked COPY, and catalog it in STAC"
     stages = [
-        Stage(1, "prepare_chunks", PREPARE, "single", "read, validate, repair and chunk the file (GeoParquet)"),
+        Stage(1, "prepare_chunks", PREPARE, "fan_out",
+              "read, validate, repair and chunk the file (GeoParquet); a GeoPackage in fid-range slices"),
         Stage(2, "upload_chunks", LOAD, "fan_out", "COPY each chunk into the table created before the fan-out"),
         Stage(3, "create_stac_record", CATALOG, "single", "indexes, ANALYZE and the STAC item"),
     ]
@@ -186,7 +189,7 @@ class IngestVectorJob(JobBase):
         """Stage 2: create the table once, in the transaction that inserts the load tasks."""
         if stage != 2:
             return
-        prep = _single(previous_results, 1)
+        prep = merge_prepared(previous_results)
         p = job.parameters
         create_table(conn, p["schema"], p["table_name"], prep["columns"], prep["geometry_type"], job.job_id, job.run)
 
@@ -198,15 +201,21 @@ class IngestVectorJob(JobBase):
         if stage == 1:
             keys = ("blob_name", "container_name", "file_extension", "chunk_size", "converter_params", "indexes",
                     "geometry_params")
+            base = {**target, **{k: params[k] for k in keys}}
+            slices = get_settings().ingest_prepare_slices if params["file_extension"] == "gpkg" else 1
+            if slices == 1:
+                return [TaskDefinition(task_id=generate_task_id(job_id, 1, "prepare"), task_type=PREPARE,
+                                       parameters=base)]
             return [
                 TaskDefinition(
-                    task_id=generate_task_id(job_id, 1, "prepare"),
+                    task_id=generate_task_id(job_id, 1, f"prepare_s{i}"),
                     task_type=PREPARE,
-                    parameters={**target, **{k: params[k] for k in keys}},
+                    parameters={**base, "slice": i, "slices": slices},
                 )
+                for i in range(slices)
             ]
         if stage == 2:
-            prep = _single(previous_results, 1)
+            prep = merge_prepared(previous_results)
             columns = [{"name": c["name"], "type": c["type"]} for c in prep["columns"]]
             catalog = {"indexes": prep["indexes"], "geometry_type": prep["geometry_type"], "columns": columns}
             return [
@@ -255,7 +264,8 @@ class IngestVectorJob(JobBase):
         by_type: dict[str, list[Any]] = {PREPARE: [], LOAD: [], CATALOG: []}
         for t in context.task_results:
             by_type.setdefault(t.task_type, []).append(t)
-        prep = by_type[PREPARE][0].result_data if by_type[PREPARE] else {}
+        prepared = [t.result_data for t in by_type[PREPARE] if t.status == TaskStatus.COMPLETED]
+        prep = merge_prepared(prepared) if prepared else {}
         loads = by_type[LOAD]
         done = [t for t in loads if t.status == TaskStatus.COMPLETED]
         stac = by_type[CATALOG][0].result_data if by_type[CATALOG] else {}
@@ -318,8 +328,8 @@ class IngestVectorJob(JobBase):
     @classmethod
     def progress_details(cls, conn: psycopg.Connection, job: JobRecord) -> dict[str, Any]:
         row = conn.execute(
-            "SELECT max(jsonb_array_length(result_data -> 'chunks')) FILTER (WHERE stage = 1) AS chunks_total,"
-            " max((result_data ->> 'total_rows')::bigint) FILTER (WHERE stage = 1) AS rows_total,"
+            "SELECT sum(jsonb_array_length(result_data -> 'chunks')) FILTER (WHERE stage = 1) AS chunks_total,"
+            " sum((result_data ->> 'total_rows')::bigint) FILTER (WHERE stage = 1) AS rows_total,"
             " count(*) FILTER (WHERE stage = 2) AS chunks_done,"
             " coalesce(sum((result_data ->> 'rows_uploaded')::bigint) FILTER (WHERE stage = 2), 0) AS rows_loaded"
             " FROM app.tasks WHERE parent_job_id = %s AND status = 'completed'",
@@ -328,17 +338,11 @@ class IngestVectorJob(JobBase):
         if row is None:
             return {}
         return {
-            "chunks_total": row["chunks_total"],
+            "chunks_total": None if row["chunks_total"] is None else int(row["chunks_total"]),
             "chunks_done": int(row["chunks_done"] or 0),
-            "rows_total": row["rows_total"],
+            "rows_total": None if row["rows_total"] is None else int(row["rows_total"]),
             "rows_loaded": int(row["rows_loaded"] or 0),
         }
-
-
-def _single(results: list[dict[str, Any]], stage: int) -> dict[str, Any]:
-    if len(results) != 1:
-        raise ValueError(f"expected one completed stage-{stage} task, found {len(results)}")
-    return results[0]
 
 
 def _stage_seconds(context: JobExecutionContext) -> dict[str, float | None]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ AUTO_MIN_ROWS = 25_000
 AUTO_TARGET_CHUNKS = 8
 AUTO_MAX_BYTES = 64 * 1024**2  # geometry bytes per chunk in auto mode: bounds worker memory
 MAX_CHUNKS = 10_000
+CHUNK_COMPRESSION = "snappy"
 
 
 def chunk_prefix(job_id: str, run: int) -> str:
@@ -56,7 +59,12 @@ def geo_metadata(families: set[str]) -> bytes:
 
 
 class ChunkWriter:
-    """Collects prepared batches and writes a chunk every `chunk_size` rows (or byte cap in auto mode)."""
+    """Collects prepared batches and writes a chunk every `chunk_size` rows (or byte cap in auto mode).
+
+    A written chunk is uploaded by a background thread while the next one is prepared (the upload waits
+    on the blob service, not on this CPU); at most one upload is in flight, and it streams from a file,
+    so memory stays bounded. `close()` waits for the last upload; `discard()` after an error.
+    """
 
     def __init__(
         self, store: BlobStore, container: str, prefix: str, chunk_size: int, max_bytes: int | None, label: str
@@ -70,6 +78,9 @@ class ChunkWriter:
         self.rows = 0
         self.types: dict[str, str] = {}
         self.families: set[str] = set()
+        self._folder = Path(tempfile.mkdtemp(prefix="geoetl-chunk-"))
+        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-upload")
+        self._pending: Future[None] | None = None
 
     def add(self, table: pa.Table, families: set[str]) -> None:
         if table.num_rows == 0:
@@ -85,8 +96,28 @@ class ChunkWriter:
             self._flush(self.chunk_size)
 
     def close(self) -> None:
-        while self.pending_rows:
-            self._flush(self.chunk_size)
+        try:
+            while self.pending_rows:
+                self._flush(self.chunk_size)
+            self._wait()
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Stop the uploader and delete local files (idempotent)."""
+        self._uploader.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # an upload error surfaces here, in the task
+
+    def _upload(self, name: str, path: Path) -> None:
+        try:
+            self.store.upload_file(self.container, name, path)
+        finally:
+            path.unlink(missing_ok=True)
 
     def _conformed(self) -> pa.Table:
         """Pending batches as one table, each column cast to the type merged so far."""
@@ -115,18 +146,19 @@ class ChunkWriter:
         meta = dict(table.schema.metadata or {}) | {b"geo": geo_metadata(self.families)}
         table = table.replace_schema_metadata(meta)
         name = f"{self.prefix}chunk_{len(self.chunks):05d}.parquet"
-        with tempfile.TemporaryDirectory(prefix="geoetl-chunk-") as tmp:
-            path = Path(tmp) / "chunk.parquet"
-            pq.write_table(table, path, compression="snappy", row_group_size=50_000)
-            self.store.upload_file(self.container, name, path)
+        path = self._folder / f"chunk_{len(self.chunks):05d}.parquet"
+        pq.write_table(table, path, compression=CHUNK_COMPRESSION, row_group_size=50_000)
+        self._wait()
+        self._pending = self._uploader.submit(self._upload, name, path)
         self.chunks.append({"path": name, "rows": table.num_rows})
         self.rows += table.num_rows
 
 
 def read_chunk(store: BlobStore, container: str, name: str, folder: Path) -> pq.ParquetFile:
-    """Download a chunk to folder and open it (memory-mapped, read row group by row group)."""
+    """Download a chunk to folder and open it, read row group by row group (not memory-mapped: the mapped
+    pages of the whole file would count in the worker's resident set)."""
     local = folder / "chunk.parquet"
     if store.blob_size(container, name) is None:
         raise PermanentTaskError(f"chunk '{name}' is missing from container '{container}'")
     store.download_to_file(container, name, local)
-    return pq.ParquetFile(local, memory_map=True)
+    return pq.ParquetFile(local, memory_map=False)

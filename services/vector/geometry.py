@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import shapely
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
@@ -260,6 +262,53 @@ def promote_to_multi(geoms: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass
+class Prepared:
+    """One batch, prepared: `keep` marks the rows to load; `wkb` is their Multi* WKB (rows of `keep` only)."""
+
+    keep: np.ndarray
+    wkb: pa.Array
+
+
+# 9-byte WKB header that wraps one single part into its Multi* (little-endian, 1 part), by WKB type 1-3
+_MULTI_HEADER = pa.array(
+    [b""] + [b"\x01" + struct.pack("<II", t + 3, 1) for t in (1, 2, 3)] + [b""] * 3, type=pa.binary()
+)
+
+
+def _plain_wkb_types(wkb: pa.Array) -> np.ndarray | None:
+    """WKB type codes 1-6 of little-endian 2D values, or None when any value is something else."""
+    if wkb.null_count:
+        return None
+    wkb = wkb.cast(pa.large_binary()) if wkb.type != pa.large_binary() else wkb
+    n = len(wkb)
+    offsets = np.frombuffer(wkb.buffers()[1], dtype=np.int64)[wkb.offset : wkb.offset + n + 1]
+    if (np.diff(offsets) < 9).any():
+        return None
+    data = np.frombuffer(wkb.buffers()[2], dtype=np.uint8)
+    starts = offsets[:-1]
+    if not ((data[starts] == 1) & (data[starts + 2] == 0) & (data[starts + 3] == 0) & (data[starts + 4] == 0)).all():
+        return None
+    types = data[starts + 1]
+    return types if ((types >= 1) & (types <= 6)).all() else None
+
+
+def _promoted_wkb(wkb: pa.Array, keep: np.ndarray) -> pa.Array | None:
+    """The source's own WKB of the kept rows, single parts wrapped into Multi* at the byte level; None when
+    a value is not plain little-endian 2D WKB (the caller then writes shapely's WKB)."""
+    if isinstance(wkb, pa.ChunkedArray):
+        wkb = wkb.combine_chunks()
+    if not isinstance(wkb, pa.Array) or not (pa.types.is_binary(wkb.type) or pa.types.is_large_binary(wkb.type)):
+        return None
+    if not keep.all():
+        wkb = wkb.filter(pa.array(keep))
+    types = _plain_wkb_types(wkb)
+    if types is None:
+        return None
+    header = _MULTI_HEADER.take(pa.array(types))
+    return pc.binary_join_element_wise(header, wkb.cast(pa.binary()), pa.scalar(b"", pa.binary()))
+
+
 def prepare_geometries(
     wkb: Any,
     offset: int,
@@ -267,8 +316,13 @@ def prepare_geometries(
     reprojector: Reprojector,
     options: GeometryOptions,
     stats: GeometryStats,
-) -> tuple[np.ndarray, np.ndarray]:
-    """WKB of one batch -> (2D Multi* geometries in EPSG:4326, mask of the rows to keep)."""
+) -> Prepared:
+    """WKB of one batch -> 2D Multi* WKB in EPSG:4326 of the rows to keep.
+
+    When nothing changes (no Z/M, no collection, no reprojection, simplify or quantize, all valid) the
+    source's WKB is reused, promoted to Multi* at the byte level: decoding is still needed for the checks,
+    but the rebuild and re-encoding are not.
+    """
     raw = wkb.to_numpy(zero_copy_only=False) if hasattr(wkb, "to_numpy") else np.asarray(wkb, dtype=object)
     try:
         geoms = shapely.from_wkb(raw)
@@ -279,13 +333,16 @@ def prepare_geometries(
     present &= ~shapely.is_empty(geoms)
     stats.null_geometry += int((~present).sum())
     if not present.any():
-        return geoms, present
+        return Prepared(present, pa.array([], type=pa.binary()))
 
+    unchanged = True
     has_z = shapely.has_z(geoms)
     if has_z.any() or shapely.has_m(geoms).any():
         stats.z_dropped += int(has_z.sum())
         geoms = shapely.force_2d(geoms)
+        unchanged = False
 
+    before = geoms
     geoms = unpack_collections(geoms, offset, label, stats)
     geoms = reprojector.apply(geoms, present, offset)
     if options.simplify_tolerance:
@@ -293,14 +350,18 @@ def prepare_geometries(
     if options.quantize_grid:
         geoms = shapely.set_precision(geoms, options.quantize_grid)
     geoms = repair(geoms, offset, label, stats)
+    unchanged = unchanged and geoms is before  # each step returns its input when it changes nothing
 
     alive = ~shapely.is_missing(geoms)
     alive[alive] = ~shapely.is_empty(geoms[alive])
     stats.collapsed += int((present & ~alive).sum())
     keep = present & alive
-    geoms = promote_to_multi(geoms)
     stats.families.update(set(families_of(geoms[keep])))
-    return geoms, keep
+    fast = _promoted_wkb(wkb, keep) if unchanged and isinstance(wkb, pa.Array | pa.ChunkedArray) else None
+    if fast is not None:
+        return Prepared(keep, fast)
+    geoms = promote_to_multi(geoms[keep])
+    return Prepared(keep, pa.array(shapely.to_wkb(geoms), type=pa.binary()))
 
 
 def column_geometry_type(families: set[str]) -> str:

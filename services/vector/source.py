@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import posixpath
 import re
+import sqlite3
 import struct
 import zipfile
 import zlib
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,8 @@ class LayerSource:
     path: str
     layer: str | None
     label: str  # how messages name it
+    where: str | None = None  # attribute filter (a GeoPackage slice's fid range)
+    offset: int = 0  # features before this slice: keeps feature numbers in messages file-wide
 
 
 @dataclass
@@ -427,3 +431,38 @@ def unparsed_csv_geometry(local: Path, label: str, conv: dict[str, Any]) -> str 
                     )
             offset += batch.num_rows
     return None
+
+
+def _sqlite_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def gpkg_slice(layer: LayerSource, index: int, slices: int, min_features: int) -> LayerSource | None:
+    """Slice `index` of `slices` of a GeoPackage layer, as a range of its integer primary key (the rowid,
+    so GDAL's SQLite driver reads only that range); None when the slice holds nothing.
+
+    Boundaries are the fids at offsets n*i/K in fid order, so the slices partition the layer whatever
+    gaps its fids have. Layers under `min_features` are read whole by slice 0.
+    """
+    if slices <= 1:
+        return layer
+    fid = pyogrio.read_info(layer.path, layer=layer.layer).get("fid_column") or "fid"
+    table, col = _sqlite_name(str(layer.layer)), _sqlite_name(fid)
+    # Errors propagate (no fallback): every slice must decide from the same facts, or rows are lost.
+    with closing(sqlite3.connect(f"file:{layer.path}?mode=ro", uri=True)) as con:
+        total = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 - quoted names
+        if total < min_features:
+            return layer if index == 0 else None
+        lo_at, hi_at = total * index // slices, total * (index + 1) // slices
+
+        def fid_at(offset: int) -> int | None:
+            query = f"SELECT {col} FROM {table} ORDER BY {col} LIMIT 1 OFFSET ?"  # noqa: S608 - quoted names
+            row = con.execute(query, [offset]).fetchone()
+            return None if row is None else int(row[0])
+
+        lo = fid_at(lo_at)
+        hi = fid_at(hi_at) if index < slices - 1 else None
+    if lo is None or (hi is not None and hi <= lo):
+        return None
+    where = f"{col} >= {lo}" + (f" AND {col} < {hi}" if hi is not None else "")
+    return LayerSource(layer.path, layer.layer, layer.label, where=where, offset=lo_at)
