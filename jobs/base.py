@@ -67,7 +67,12 @@ class JobBase:
         except ValidationError as exc:
             message, field = describe_validation_error(exc)
             raise JobValidationError(message, field=field) from None
-        return model.model_dump(mode="json")
+        return cls.check_parameters(model.model_dump(mode="json", by_alias=True))
+
+    @classmethod
+    def check_parameters(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Rules beyond the model's (normalising values too); raise JobValidationError."""
+        return params
 
     @classmethod
     def generate_job_id(cls, params: dict[str, Any]) -> str:

@@ -40,14 +40,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from config import get_settings
 from core.errors import ConflictError, JobValidationError, ResourceNotFoundError
 from core.models import JobExecutionContext, JobRecord, TaskDefinition, TaskStatus
 from infrastructure import database
 from infrastructure.blob import UnsafeBlobName, check_blob_name, check_container_name, get_blob_store
-from jobs.base import JobBase, JobParameters, Stage, describe_validation_error, generate_task_id
+from jobs.base import JobBase, JobParameters, Stage, generate_task_id
 from services.vector.chunks import chunk_prefix
 from services.vector.formats import SUPPORTED_EXTENSIONS, ConverterParamsError, validate_converter_params
 from services.vector.identifiers import table_name_problem
@@ -103,16 +103,8 @@ class IngestVectorJob(JobBase):
 
     # ------------------------------------------------------------------ submission
     @classmethod
-    def validate_parameters(cls, raw: Any) -> dict[str, Any]:
-        if not isinstance(raw, dict):
-            raise JobValidationError("the request body must be a JSON object of job parameters")
-        try:
-            model = cls.Parameters.model_validate(raw)
-        except ValidationError as exc:
-            message, field = describe_validation_error(exc)
-            raise JobValidationError(message, field=field) from None
-        params = model.model_dump(mode="json", by_alias=True)
-
+    def check_parameters(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Format, identifier, schema, blob-name and converter rules; the extension is normalised."""
         ext = params["file_extension"].lower().lstrip(".")
         if ext not in SUPPORTED_EXTENSIONS:
             raise JobValidationError(

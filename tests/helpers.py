@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -29,3 +31,28 @@ def submit(job_type: str, params: dict[str, Any]) -> str:
     from core.submit import submit_job
 
     return submit_job(job_type, params).job_id
+
+
+DUPLICATOR = """
+    CREATE OR REPLACE FUNCTION app.test_duplicate() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.message_id NOT LIKE '%%#dup' THEN
+            INSERT INTO app.queue_messages (queue, message_id, body)
+            VALUES (NEW.queue, NEW.message_id || '#dup', NEW.body);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE OR REPLACE TRIGGER test_duplicate AFTER INSERT ON app.queue_messages
+        FOR EACH ROW EXECUTE FUNCTION app.test_duplicate();
+"""
+
+
+@contextmanager
+def every_message_twice(db: Any) -> Iterator[None]:
+    """While inside, every message sent is also sent again under another id (as a lost
+    duplicate-detection window would let through)."""
+    db.execute(DUPLICATOR)
+    try:
+        yield
+    finally:
+        db.execute("DROP TRIGGER IF EXISTS test_duplicate ON app.queue_messages")

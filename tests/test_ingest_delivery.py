@@ -11,20 +11,7 @@ import pytest
 
 from core.models import TaskQueueMessage
 from tests import vector_files as vf
-from tests.helpers import submit, wait_for_job
-
-DUPLICATOR = """
-    CREATE OR REPLACE FUNCTION app.test_duplicate() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        IF NEW.message_id NOT LIKE '%%#dup' THEN
-            INSERT INTO app.queue_messages (queue, message_id, body)
-            VALUES (NEW.queue, NEW.message_id || '#dup', NEW.body);
-        END IF;
-        RETURN NULL;
-    END $$;
-    CREATE OR REPLACE TRIGGER test_duplicate AFTER INSERT ON app.queue_messages
-        FOR EACH ROW EXECUTE FUNCTION app.test_duplicate();
-"""
+from tests.helpers import every_message_twice, submit, wait_for_job
 
 
 def csv_points(n: int) -> bytes:
@@ -52,13 +39,10 @@ def drain_leftovers() -> None:
 def test_every_message_delivered_twice_loads_each_row_once(db, drain, nonce):
     blob = vf.upload(f"{nonce}/dup.csv", csv_points(2_000))
     table = f"dup_{nonce}"
-    db.execute(DUPLICATOR)
-    try:
+    with every_message_twice(db):
         job_id = submit("ingest_vector", csv_params(blob, table, 300))
         assert drain(job_id) == "completed"
         drain_leftovers()  # the duplicates of the last messages
-    finally:
-        db.execute("DROP TRIGGER test_duplicate ON app.queue_messages")
     drain_leftovers()
     assert count(db, table) == {"n": 2_000, "d": 2_000}
     job = vf.job_row(db, job_id)

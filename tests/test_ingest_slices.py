@@ -12,7 +12,8 @@ from shapely.geometry import LineString, MultiPolygon, box
 
 from core.errors import PermanentTaskError
 from tests import vector_files as vf
-from tests.test_ingest_delivery import DUPLICATOR, drain_leftovers
+from tests.helpers import every_message_twice, submit
+from tests.test_ingest_delivery import drain_leftovers
 
 
 @pytest.fixture
@@ -161,15 +162,10 @@ def test_every_slice_and_load_message_delivered_twice_loads_each_row_once(db, dr
     slices(3)
     blob = upload_gpkg(nonce, "dup", vf.frame(500))
     table = f"slicesdup_{nonce}"
-    db.execute(DUPLICATOR)
-    try:
-        from tests.helpers import submit
-
+    with every_message_twice(db):
         job_id = submit("ingest_vector", params(blob, table, chunk_size=60))
         assert drain(job_id) == "completed"
         drain_leftovers()
-    finally:
-        db.execute("DROP TRIGGER test_duplicate ON app.queue_messages")
     drain_leftovers()
     got = db.execute(f"SELECT count(*) AS n, count(DISTINCT value) AS d FROM geo.{table}").fetchone()
     assert got == {"n": 500, "d": 500}

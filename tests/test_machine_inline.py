@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.helpers import submit
+from tests.helpers import every_message_twice, submit
 
 
 def events(db, job_id):
@@ -28,25 +28,11 @@ def test_zero_tasks_stage_completes(db, drain, nonce):
 
 def test_every_message_delivered_twice(db, drain, nonce):
     """A trigger copies every queued message once: the outcome is the same and nothing fails."""
-    db.execute("""
-        CREATE OR REPLACE FUNCTION app.test_duplicate() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.message_id NOT LIKE '%%#dup' THEN
-                INSERT INTO app.queue_messages (queue, message_id, body)
-                VALUES (NEW.queue, NEW.message_id || '#dup', NEW.body);
-            END IF;
-            RETURN NULL;
-        END $$;
-        CREATE OR REPLACE TRIGGER test_duplicate AFTER INSERT ON app.queue_messages
-            FOR EACH ROW EXECUTE FUNCTION app.test_duplicate();
-    """)
-    try:
+    with every_message_twice(db):
         job_id = submit("hello_world", {"n": 40, "message": nonce})
         assert drain(job_id) == "completed"
         # let the duplicates of the last messages run too
         drain(job_id)
-    finally:
-        db.execute("DROP TRIGGER test_duplicate ON app.queue_messages")
     from triggers.worker import Worker
 
     w = Worker(concurrency=1)
