@@ -387,7 +387,7 @@ CASES: list[Case] = [
          Failed("data.csv", "feature 1", "'nan'"),
          params={"converter_params": {"lat_name": "lat", "lon_name": "lon"}}),
     Case("csv_out_of_range_coordinates", lambda: csv(["n", "lat", "lon"], [[1, 10, 20], [2, 95, 200]]),
-         Failed("data.csv", "feature 1", "do not fit EPSG:4326"),
+         Failed("data.csv", "feature 1", "are not longitudes/latitudes"),
          params={"converter_params": {"lat_name": "lat", "lon_name": "lon"}}),
     Case("csv_wkt_garbage", lambda: csv(["n", "wkt"], [[1, "POINT (1 2)"], [2, "NOT A GEOMETRY; DROP TABLE x"]]),
          Failed("data.csv", "feature 1", "'NOT A GEOMETRY; DROP TABLE x'", "wkt"),

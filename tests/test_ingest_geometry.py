@@ -109,6 +109,22 @@ def test_missing_crs_with_projected_coordinates_fails_clearly(db, drain, nonce):
     assert job["status"] == "completed", job["error_details"]
 
 
+def test_geojson_in_metres_fails_clearly_and_loads_with_crs(db, drain, nonce):
+    """GeoJSON implies EPSG:4326: metres loaded as degrees would be wrong everywhere they are served."""
+    feats = [(Point(530000 + i, 180000), {"n": i}) for i in range(3)]
+    blob = vf.upload(f"{nonce}/metres.geojson", vf.geojson(feats))
+    job = vf.run_ingest(drain, db, {"blob_name": blob, "file_extension": "geojson", "table_name": f"m_{nonce}"})
+    assert job["status"] == "failed"
+    err = job["error_details"]["error"]
+    assert "metres.geojson" in err and "not longitudes/latitudes" in err and "converter_params.crs" in err
+    assert not vf.table_exists(db, "geo", f"m_{nonce}")
+    job = vf.run_ingest(drain, db, {"blob_name": blob, "file_extension": "geojson", "table_name": f"m2_{nonce}",
+                                    "converter_params": {"crs": "EPSG:27700"}})
+    assert job["status"] == "completed", job["error_details"]
+    x = db.execute(f'SELECT ST_X(ST_GeometryN(geom, 1)) AS x FROM geo."m2_{nonce}" ORDER BY n LIMIT 1').fetchone()
+    assert -1.0 < x["x"] < 0.5  # TQ 30000 80000 is near London
+
+
 def test_3d_geometries_are_forced_2d(db, drain, nonce):
     feats = [(shapely.Polygon([(0, 0, 5), (1, 0, 6), (1, 1, 7), (0, 0, 5)]), {}), (Point(3, 3, 9), {})]
     job, table = ingest_geojson(db, drain, nonce, "threed", feats)

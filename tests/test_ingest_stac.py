@@ -83,7 +83,7 @@ def test_progress_details(db, drain, nonce):
 
 
 def test_auto_chunk_size_gives_one_chunk_for_small_files(db, drain, nonce):
-    blob = vf.upload(f"{nonce}/small.geojson", vf.geojson([(Point(i, 0), {}) for i in range(500)]))
+    blob = vf.upload(f"{nonce}/small.geojson", vf.geojson([(Point(i * 0.1, 0), {}) for i in range(500)]))
     job = vf.run_ingest(drain, db, {"blob_name": blob, "file_extension": "geojson", "table_name": f"auto_{nonce}"})
     assert job["result_data"]["summary"]["total_chunks"] == 1
 

@@ -69,8 +69,8 @@ class CsvParams(_WithCrs):
         return self
 
 
-class GeoJsonParams(_Params):
-    pass
+class GeoJsonParams(_WithCrs):
+    """crs: for files written in another CRS without saying so (GeoJSON implies EPSG:4326)."""
 
 
 class GpkgParams(_Params):

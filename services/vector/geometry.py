@@ -62,6 +62,9 @@ class GeometryOptions:
     quantize_grid: float | None = None
 
 
+LONLAT_TOLERANCE = 1e-6  # degrees: exports often round -180/180 a hair outside the range
+
+
 class Reprojector:
     """Source CRS to EPSG:4326, or a coordinate check when the source declares no CRS."""
 
@@ -93,9 +96,8 @@ class Reprojector:
             return geoms
         bounds = shapely.bounds(geoms[present])
         self._check_magnitude(bounds, present, offset)
-        if self.transformer is None:
-            if self.source is None:
-                self._check_lonlat(bounds, present, offset)
+        if self.transformer is None:  # declared or taken as EPSG:4326: the numbers must be degrees
+            self._check_lonlat(bounds, present, offset)
             return geoms
         t = self.transformer
 
@@ -132,14 +134,17 @@ class Reprojector:
             )
 
     def _check_lonlat(self, b: np.ndarray, present: np.ndarray, offset: int) -> None:
-        """A file without a CRS is taken as EPSG:4326 only when its coordinates fit."""
-        bad = ~((b[:, 0] >= -180) & (b[:, 2] <= 180) & (b[:, 1] >= -90) & (b[:, 3] <= 90))
+        """Coordinates taken as EPSG:4326 (declared, implied by GeoJSON, or assumed) must be degrees:
+        metres loaded as degrees would be served silently wrong."""
+        tol = LONLAT_TOLERANCE
+        bad = ~((b[:, 0] >= -180 - tol) & (b[:, 2] <= 180 + tol) & (b[:, 1] >= -90 - tol) & (b[:, 3] <= 90 + tol))
         if bad.any():
             i, idx = self._first_bad(bad, present, offset)
+            said = "declares no coordinate reference system" if self.source is None else "is in EPSG:4326"
             raise PermanentTaskError(
-                f"{self.label} declares no coordinate reference system and its coordinates do not fit "
-                f"EPSG:4326 (feature {idx} has bounds {[round(float(v), 3) for v in b[i]]}); "
-                "set converter_params.crs to the file's CRS (e.g. \"EPSG:27700\")"
+                f"{self.label} {said} but its coordinates are not longitudes/latitudes "
+                f"(feature {idx} has bounds {[round(float(v), 3) for v in b[i]]}); they are probably projected: "
+                "set converter_params.crs to the CRS they are in (e.g. \"EPSG:27700\")"
             )
 
 
