@@ -12,7 +12,10 @@ from jobs.base import JobBase, JobParameters, Stage, generate_task_id
 
 class HelloWorldParameters(JobParameters):
     n: int = Field(3, ge=0, le=10_000, description="Tasks in stage 1.")
-    failure_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of task attempts that fail (deterministic).")
+    failure_rate: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Share of tasks whose first attempt fails (deterministic); attempt k fails with rate**k.",
+    )
     sleep_ms: int = Field(0, ge=0, le=600_000, description="Time each stage-1 task sleeps.")
     message: str = Field("", max_length=1000, description="Free text; makes otherwise equal jobs distinct.")
 

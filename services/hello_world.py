@@ -11,11 +11,15 @@ from services.context import TaskContext
 
 
 def simulated_failure(task_id: str, attempt: int, rate: float) -> bool:
-    """Deterministic per (task, attempt): the same attempt of the same task always fails or never does."""
+    """Deterministic per (task, attempt), and transient: attempt k fails with probability rate**k.
+
+    A share `rate` of tasks fails its first attempt and retries mostly succeed, as with real
+    transient errors; rate 1 fails every attempt.
+    """
     if rate <= 0:
         return False
     digest = hashlib.sha256(f"{task_id}:{attempt}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < rate
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate**attempt
 
 
 def greet(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
