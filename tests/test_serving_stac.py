@@ -82,6 +82,21 @@ def test_search_by_bbox_collections_and_ids(cataloged: dict[str, Any]) -> None:
     assert link(posted.json(), "root") == f"{base}/"
 
 
+def test_search_bodies_without_the_json_header(cataloged: dict[str, Any]) -> None:
+    """`curl -d` sends a form Content-Type: the body is still read as JSON, and bad JSON is a 4xx."""
+    import json
+
+    base, item_id = cataloged["base"], cataloged["item"]["id"]
+    body = json.dumps({"collections": [COLLECTION], "ids": [item_id]})
+    for ctype in ("application/x-www-form-urlencoded", None, "text/plain"):
+        headers = {"content-type": ctype} if ctype else {}
+        r = requests.post(f"{base}/search", data=body.encode(), headers=headers, timeout=30)
+        assert r.status_code == 200, (ctype, r.status_code, r.text[:200])
+        assert [f["id"] for f in r.json()["features"]] == [item_id]
+    bad = requests.post(f"{base}/search", data=b"{not json", timeout=30)
+    assert 400 <= bad.status_code < 500, bad.text[:200]
+
+
 def test_pystac_client_finds_the_item_by_bbox(cataloged: dict[str, Any]) -> None:
     from pystac_client import Client
 
