@@ -191,6 +191,8 @@ def test_tilejson_and_vector_tile(points: dict[str, Any]) -> None:
     assert empty.status_code in (200, 204) and len(empty.content) < 100
     tms = get_json(f"{base}/tileMatrixSets")
     assert any(t["id"] == "WebMercatorQuad" for t in tms["tileMatrixSets"])
+    deep = requests.get(tj["tiles"][0].format(z=99, x=1, y=1), timeout=30)
+    assert deep.status_code == 400 and "zoom level 99" in deep.json()["message"]
 
 
 def test_owslib_collections_and_items(points: dict[str, Any]) -> None:

@@ -125,6 +125,19 @@ def _handler(status: int, kind: str) -> Any:
     return handle
 
 
+MAX_TILE_ZOOM = 30  # PostGIS cannot segmentize tiles much deeper (z=60 fails inside ST_Segmentize)
+
+
+def _tile_zoom(scope: Scope) -> int | None:
+    """z of a /collections/{id}/tiles/{tms}/{z}/{x}/{y} request, when it is one."""
+    root = scope.get("root_path", "")
+    path: str = scope["path"]
+    parts = (path[len(root) :] if root and path.startswith(root) else path).split("/")
+    if len(parts) >= 8 and parts[1] == "collections" and parts[3] == "tiles" and parts[5].isdigit():
+        return int(parts[5])
+    return None
+
+
 class CatalogGateway:
     """Runs before tipg: keeps the catalog fresh and maps bare table names to schema.table."""
 
@@ -134,6 +147,11 @@ class CatalogGateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            zoom = _tile_zoom(scope)
+            if zoom is not None and zoom > MAX_TILE_ZOOM:
+                message = f"zoom level {zoom} is beyond the deepest one served ({MAX_TILE_ZOOM})"
+                await JSONResponse(error_body("validation_error", message), status_code=400)(scope, receive, send)
+                return
             await self._prepare(scope)
         await self.app(scope, receive, send)
 
