@@ -148,7 +148,7 @@ class CoreMachine:
     def process_task_message(self, message: TaskQueueMessage, settle: Settle = _no_settle) -> str:
         """Run a task; complete it, and maybe its stage and job, in the transaction of its effects."""
         with database.connection() as conn:
-            task = state.claim_task(conn, message.task_id)
+            task = state.claim_task(conn, message.task_id, message.run)
             if task is None:
                 state.cancel_orphan_task(conn, message.task_id)
                 settle(conn)

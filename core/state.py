@@ -79,16 +79,19 @@ def mark_stage_started(conn: psycopg.Connection, job_id: str, stage: int) -> Non
     )
 
 
-def claim_task(conn: psycopg.Connection, task_id: str) -> TaskRecord | None:
-    """Move a task to processing (again, after a crash) if its job is still running."""
+def claim_task(conn: psycopg.Connection, task_id: str, run: int) -> TaskRecord | None:
+    """Move a task to processing (again, after a crash) if its job is still running this run.
+
+    A message from an earlier run of a re-run job (task ids repeat across runs) claims nothing.
+    """
     row = conn.execute(
         "UPDATE app.tasks t SET status = 'processing', attempts = t.attempts + 1,"
         " started_at = coalesce(t.started_at, now()), heartbeat_at = now(), updated_at = now()"
         " FROM app.jobs j"
         " WHERE t.task_id = %s AND j.job_id = t.parent_job_id AND j.status IN ('queued', 'processing')"
-        "   AND t.status IN ('queued', 'retrying', 'processing')"
+        "   AND j.run = %s AND t.status IN ('queued', 'retrying', 'processing')"
         " RETURNING t.*",
-        [task_id],
+        [task_id, run],
     ).fetchone()
     return TaskRecord.model_validate(row) if row else None
 

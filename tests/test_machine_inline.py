@@ -84,3 +84,37 @@ def test_failed_job_resubmitted_reruns(db, drain, nonce):
     job = db.execute("SELECT run, status FROM app.jobs WHERE job_id = %s", [job_id]).fetchone()
     assert job["run"] == 2 and job["status"] == "queued"
     assert drain(job_id) == "failed"
+
+
+def test_message_from_an_earlier_run_claims_nothing(db, drain, nonce):
+    """Task ids repeat when a failed job re-runs: a late message of run 1 must not run run 2's task."""
+    from core.models import TaskQueueMessage
+    from core.submit import submit_job
+    from infrastructure import database
+    from infrastructure.queues import OutgoingMessage, get_queue
+    from triggers.worker import Worker
+
+    params = {"n": 1, "failure_rate": 1.0, "message": nonce}
+    job_id = submit("hello_world", params)
+    assert drain(job_id) == "failed"
+    assert submit_job("hello_world", params).status == "rerun"
+    w = Worker(concurrency=1)
+    job_msg = w.receive_one()  # run 2, stage 1: creates the task again, queued
+    assert job_msg is not None and job_msg.body["run"] == 2
+    w.handle(job_msg)
+    task = db.execute("SELECT task_id, task_type FROM app.tasks WHERE parent_job_id = %s", [job_id]).fetchone()
+    stale = TaskQueueMessage(task_id=task["task_id"], parent_job_id=job_id, job_type="hello_world",
+                             task_type=task["task_type"], stage=1, attempt=9, run=1)
+    with database.connection() as conn:
+        get_queue().send(conn, "geospatial-tasks", [OutgoingMessage(stale.message_id, stale.model_dump())])
+    for _ in range(5):
+        msg = w.receive_one()
+        if msg is not None and msg.body["run"] == 1:
+            assert w.handle(msg) == "not_runnable"
+            break
+        if msg is not None:
+            get_queue().release(msg)
+    else:
+        raise AssertionError("the stale message never came")
+    row = db.execute("SELECT status, attempts FROM app.tasks WHERE task_id = %s", [task["task_id"]]).fetchone()
+    assert row == {"status": "queued", "attempts": 0}
