@@ -24,25 +24,6 @@ CHUNK_SIZE = 1_000  # -> 100 load tasks
 MIN_KILLS, MAX_KILLS = 4, 9
 
 
-def slow_copies(db, table: str, seconds: float) -> None:
-    """Every COPY into geo.<table> sleeps inside its transaction (a trigger added when the job creates it)."""
-    db.execute(f"""
-        CREATE OR REPLACE FUNCTION app.chaos_slow_copy() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$;
-        CREATE OR REPLACE FUNCTION app.chaos_slow_table() RETURNS event_trigger LANGUAGE plpgsql AS $$
-        DECLARE r record;
-        BEGIN
-            FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE TABLE' LOOP
-                IF r.object_identity = 'geo.{table}' THEN
-                    EXECUTE 'CREATE TRIGGER chaos_slow BEFORE INSERT ON geo.{table}'
-                            ' FOR EACH STATEMENT EXECUTE FUNCTION app.chaos_slow_copy()';
-                END IF;
-            END LOOP;
-        END $$;
-        CREATE EVENT TRIGGER chaos_slow_table ON ddl_command_end EXECUTE FUNCTION app.chaos_slow_table();
-    """)
-
-
 def stage_one_running(db, job_id: str) -> bool:
     row = db.execute("SELECT 1 FROM app.tasks WHERE parent_job_id = %s AND stage = 1 AND status = 'processing'",
                      [job_id]).fetchone()
@@ -59,8 +40,7 @@ def test_sigkilled_workers_during_a_100_chunk_ingest(db, workers, nonce):
     table = f"chaos_{nonce}"
     blob = vf.upload(f"{nonce}/chaos.csv", csv_points(ROWS))
     kills: list[tuple[int, float]] = []  # (stage, seconds since submit)
-    try:
-        slow_copies(db, table, 0.25)
+    with vf.slowed_inserts(db, table, per="STATEMENT", sleep_sql="PERFORM pg_sleep(0.25);"):
         procs = workers.start(3, concurrency=2)
         job_id = submit("ingest_vector", csv_params(blob, table, CHUNK_SIZE))
         started = time.time()
@@ -91,8 +71,6 @@ def test_sigkilled_workers_during_a_100_chunk_ingest(db, workers, nonce):
         while job_state(db, job_id)[0] not in ("completed", "failed"):
             assert time.time() < deadline, f"job stuck at {job_state(db, job_id)} after kills {kills}"
             time.sleep(0.2)
-    finally:
-        db.execute("DROP EVENT TRIGGER IF EXISTS chaos_slow_table")
 
     job = vf.job_row(db, job_id)
     print(f"kills (stage, seconds after submit): {kills}; job took {time.time() - started:.1f}s")

@@ -96,22 +96,8 @@ def test_concurrent_redelivery_of_a_running_load_commits_once(db, nonce):
 def test_worker_killed_mid_copy_loses_and_duplicates_nothing(db, workers, nonce):
     """A row trigger slows the COPY down so that the kill lands inside it; a new worker finishes the job."""
     table = f"kill_{nonce}"
-    db.execute(f"""
-        CREATE OR REPLACE FUNCTION app.test_slow_row() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN IF NEW.n % 4 = 0 THEN PERFORM pg_sleep(0.0002); END IF; RETURN NEW; END $$;
-        CREATE OR REPLACE FUNCTION app.test_slow_table() RETURNS event_trigger LANGUAGE plpgsql AS $$
-        DECLARE r record;
-        BEGIN
-            FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE TABLE' LOOP
-                IF r.object_identity = 'geo.{table}' THEN
-                    EXECUTE 'CREATE TRIGGER slow BEFORE INSERT ON geo.{table}'
-                            ' FOR EACH ROW EXECUTE FUNCTION app.test_slow_row()';
-                END IF;
-            END LOOP;
-        END $$;
-        CREATE EVENT TRIGGER test_slow_table ON ddl_command_end EXECUTE FUNCTION app.test_slow_table();
-    """)
-    try:
+    slow = "IF NEW.n % 4 = 0 THEN PERFORM pg_sleep(0.0002); END IF;"
+    with vf.slowed_inserts(db, table, per="ROW", sleep_sql=slow):
         rows = 16_000  # 4 chunks whose COPY takes about a second each
         blob = vf.upload(f"{nonce}/kill.csv", csv_points(rows))
         job_id = submit("ingest_vector", csv_params(blob, table, 4_000))
@@ -129,8 +115,6 @@ def test_worker_killed_mid_copy_loses_and_duplicates_nothing(db, workers, nonce)
         killed_at = time.time()
         workers.start(1, concurrency=1)
         assert wait_for_job(job_id, timeout=120) == "completed"
-    finally:
-        db.execute("DROP EVENT TRIGGER IF EXISTS test_slow_table")
     assert count(db, table) == {"n": rows, "d": rows}
     redelivered = db.execute("SELECT count(*) AS n FROM app.tasks WHERE parent_job_id = %s AND stage = 2"
                              " AND attempts > 1", [job_id]).fetchone()["n"]

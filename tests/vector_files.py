@@ -6,6 +6,8 @@ import io
 import json
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +196,30 @@ def chunk_blobs(job_id: str) -> list[str]:
 
 def points(n: int, x0: float = 0.0, y0: float = 0.0) -> list[Any]:
     return [Point(x0 + i * 0.001, y0 + i * 0.001) for i in range(n)]
+
+
+@contextmanager
+def slowed_inserts(db: Any, table: str, *, per: str, sleep_sql: str) -> Iterator[None]:
+    """While inside, the table a job creates as geo.<table> gets a trigger that runs sleep_sql on every
+    insert (per "ROW" or "STATEMENT"), so that a COPY lasts long enough for a kill to land inside it."""
+    name = f"slow_{table}"
+    result = "NEW" if per == "ROW" else "NULL"
+    db.execute(f"""
+        CREATE OR REPLACE FUNCTION app.{name}_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN {sleep_sql} RETURN {result}; END $$;
+        CREATE OR REPLACE FUNCTION app.{name}_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
+        DECLARE r record;
+        BEGIN
+            FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE TABLE' LOOP
+                IF r.object_identity = 'geo.{table}' THEN
+                    EXECUTE 'CREATE TRIGGER slow BEFORE INSERT ON geo.{table}'
+                            ' FOR EACH {per} EXECUTE FUNCTION app.{name}_insert()';
+                END IF;
+            END LOOP;
+        END $$;
+        CREATE EVENT TRIGGER {name} ON ddl_command_end EXECUTE FUNCTION app.{name}_ddl();
+    """)
+    try:
+        yield
+    finally:
+        db.execute(f"DROP EVENT TRIGGER IF EXISTS {name}")
