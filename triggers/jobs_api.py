@@ -176,17 +176,13 @@ def add_parameter_schemas(app: Any) -> None:
     app.openapi = openapi
 
 
-def _ingest_openapi() -> dict[str, Any]:
-    return _body_schema("ingest_vector")
-
-
 @router.post(
     "/jobs/ingest_vector",
     summary="Submit an ingest_vector job",
     status_code=202,
     response_model=SubmitResponse,
     responses={200: {"model": SubmitResponse, "description": "Existing job (idempotent)"}, **ERRORS},
-    openapi_extra=_ingest_openapi(),
+    openapi_extra=_body_schema("ingest_vector"),
     dependencies=[Depends(require_write_key)],
 )
 async def submit_ingest_vector(request: Request) -> JSONResponse:

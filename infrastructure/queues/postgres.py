@@ -155,9 +155,6 @@ class PostgresQueue(MessageQueue):
         if self._wake.wait(timeout):
             self._wake.clear()
 
-    def wake(self) -> None:
-        self._wake.set()
-
     def health(self) -> dict[str, Any]:
         with database.connection() as c:
             rows = c.execute(

@@ -26,7 +26,7 @@ from triggers.serving.runtime import Serving
 
 log = logging.getLogger("geoetl.serving")
 
-__all__ = ["check_serving", "refresh_catalog", "register", "serving_health", "shutdown", "startup"]
+__all__ = ["check_serving", "register", "shutdown", "startup"]
 
 
 def _serving(app: FastAPI) -> Serving:
@@ -67,16 +67,6 @@ async def shutdown(app: FastAPI) -> None:
     await _serving(app).stop()
 
 
-async def refresh_catalog(app: FastAPI) -> None:
-    """Rebuild this process's tipg catalog now (other processes notice by themselves)."""
-    await _serving(app).keeper.refresh()
-
-
-def serving_health(app: FastAPI) -> dict[str, Any]:
-    """Pools open and catalog age, without a query (callable from a sync health check); raises when down."""
-    return _serving(app).health()
-
-
 async def check_serving(app: FastAPI) -> dict[str, Any]:
-    """serving_health plus one query through each pool (await it from an async route)."""
+    """Pools open, catalog age, and one query through each pool; raises when serving is down."""
     return await _serving(app).check()
