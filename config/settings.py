@@ -95,14 +95,6 @@ class Settings(BaseSettings):
     )
     janitor_interval_seconds: int = Field(30, description="How often a worker runs the janitor.")
     worker_concurrency: int = Field(2, description="Messages a worker process handles at once.")
-    ingest_prepare_slices: int = Field(
-        1,
-        ge=1,
-        le=16,
-        description="GeoPackage ingest: stage 1 runs as this many tasks, each downloading the file and preparing "
-        "one fid range (files under 50k features use one). Pays when workers have their own cores and the blob "
-        "service serves parallel downloads; on one 2-core machine with Azurite 1 is faster (BENCHMARKS.md).",
-    )
     worker_prefetch: int = Field(
         4, ge=1, le=64, description="Task messages a consumer thread receives per round trip (then runs in turn)."
     )

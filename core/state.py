@@ -133,14 +133,16 @@ def fail_task_and_job(
     job = get_job(conn, job_id, lock=True)
     if task is not None:
         conn.execute(
-            "UPDATE app.tasks SET status = 'failed', error_details = %s, completed_at = now(), updated_at = now()"
+            "UPDATE app.tasks SET status = 'failed', error_details = %s, completed_at = clock_timestamp(),"
+            " updated_at = clock_timestamp()"
             " WHERE task_id = %s AND status IN ('processing', 'queued', 'retrying')",
             [error_details.get("error"), task.task_id],
         )
     if job is None or job.status not in ACTIVE_JOB:
         return False
     conn.execute(
-        "UPDATE app.jobs SET status = 'failed', error_details = %s, updated_at = now(), completed_at = now()"
+        "UPDATE app.jobs SET status = 'failed', error_details = %s, updated_at = clock_timestamp(),"
+        " completed_at = clock_timestamp()"
         " WHERE job_id = %s",
         [Jsonb(error_details), job_id],
     )
@@ -155,9 +157,10 @@ def fail_task_and_job(
 
 def complete_job(conn: psycopg.Connection, job_id: str, stage: int, result: dict[str, Any]) -> None:
     conn.execute(
-        "UPDATE app.jobs SET status = 'completed', result_data = %s, updated_at = now(), completed_at = now(),"
+        "UPDATE app.jobs SET status = 'completed', result_data = %s, updated_at = clock_timestamp(),"
+        " completed_at = clock_timestamp(),"
         " stage_timings = jsonb_set(stage_timings, ARRAY[%s::text],"
-        "   coalesce(stage_timings -> %s::text, '{}'::jsonb) || jsonb_build_object('completed_at', now()))"
+        "   coalesce(stage_timings -> %s::text, '{}'::jsonb) || jsonb_build_object('completed_at', clock_timestamp()))"
         " WHERE job_id = %s",
         [Jsonb(result), stage, stage, job_id],
     )

@@ -74,6 +74,16 @@ class BlobStore(ABC):
     def read_bytes(self, container: str, name: str) -> bytes: ...
 
     @abstractmethod
+    def gdal_access(self, container: str, name: str) -> tuple[str, dict[str, str]]:
+        """A path GDAL reads in place with range requests, and the GDAL options that path needs: random-access
+        formats (GeoPackage) are read slice by slice without downloading the whole file."""
+
+    @abstractmethod
+    def blob_version(self, container: str, name: str) -> str | None:
+        """Changes whenever the blob's content is replaced (None when it is gone): readers of parts of one file
+        check that every part came from the same version."""
+
+    @abstractmethod
     def delete_prefix(self, container: str, prefix: str) -> int:
         """Delete every blob under prefix; returns how many."""
 
@@ -87,7 +97,12 @@ CLIENT_OPTIONS: dict[str, Any] = {
     "read_timeout": 120,
     "retry_total": 3,
     "retry_backoff_max": 4,
+    # Fewer, larger ranges: the SDK's 4 MiB default spends most of a big download in per-request
+    # overhead (a 330 MB file: 3.4 s at 4 MiB x 2 streams, 1.4 s at 16 MiB x 4, against Azurite).
+    "max_chunk_get_size": 16 * 1024**2,
+    "max_block_size": 16 * 1024**2,
 }
+TRANSFER_STREAMS = 4
 
 
 class AzureBlobStore(BlobStore):
@@ -96,6 +111,7 @@ class AzureBlobStore(BlobStore):
     def __init__(self, connection_string: str = "", account_url: str = "") -> None:
         from azure.storage.blob import BlobServiceClient
 
+        self.connection_string, self.account_url = connection_string, account_url
         if account_url:
             from azure.identity import DefaultAzureCredential  # type: ignore[import-not-found]
 
@@ -126,19 +142,39 @@ class AzureBlobStore(BlobStore):
     def upload_file(self, container: str, name: str, path: str | Path) -> None:
         with open(path, "rb") as f:
             self.client.get_blob_client(container, check_blob_name(name)).upload_blob(
-                f, overwrite=True, max_concurrency=4
+                f, overwrite=True, max_concurrency=TRANSFER_STREAMS
             )
 
     def write_bytes(self, container: str, name: str, data: bytes) -> None:
         self.client.get_blob_client(container, check_blob_name(name)).upload_blob(data, overwrite=True)
 
     def download_to_file(self, container: str, name: str, path: str | Path) -> None:
-        downloader = self.client.get_blob_client(container, check_blob_name(name)).download_blob(max_concurrency=2)
+        blob = self.client.get_blob_client(container, check_blob_name(name))
+        downloader = blob.download_blob(max_concurrency=TRANSFER_STREAMS)
         with open(path, "wb") as f:
             downloader.readinto(f)
 
     def read_bytes(self, container: str, name: str) -> bytes:
         return bytes(self.client.get_blob_client(container, check_blob_name(name)).download_blob().readall())
+
+    def gdal_access(self, container: str, name: str) -> tuple[str, dict[str, str]]:
+        return f"/vsiaz/{check_container_name(container)}/{check_blob_name(name)}", self._gdal_options
+
+    @property
+    def _gdal_options(self) -> dict[str, str]:
+        if self.account_url:  # managed identity: GDAL asks the instance metadata service for a token
+            account = self.account_url.split("//", 1)[-1].split(".", 1)[0]
+            return {"AZURE_STORAGE_ACCOUNT": account}
+        return {"AZURE_STORAGE_CONNECTION_STRING": self.connection_string}
+
+    def blob_version(self, container: str, name: str) -> str | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            props = self.client.get_blob_client(container, check_blob_name(name)).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return str(props.etag)
 
     def delete_prefix(self, container: str, prefix: str) -> int:
         cc = self.client.get_container_client(container)
@@ -202,6 +238,16 @@ class LocalBlobStore(BlobStore):
 
     def read_bytes(self, container: str, name: str) -> bytes:
         return self._path(container, name).read_bytes()
+
+    def gdal_access(self, container: str, name: str) -> tuple[str, dict[str, str]]:
+        return str(self._path(container, name)), {}
+
+    def blob_version(self, container: str, name: str) -> str | None:
+        p = self._path(container, name)
+        if not p.is_file():
+            return None
+        st = p.stat()
+        return f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
 
     def delete_prefix(self, container: str, prefix: str) -> int:
         base = self._container(container)

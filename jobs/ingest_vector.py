@@ -1,8 +1,9 @@
 """ingest_vector: a vector file in blob storage -> one PostGIS table + its STAC item.
 
-Stage 1 (single*) prepare_chunks      stream the file, repair/reproject, write GeoParquet chunks
-                                      (*GeoPackage: INGEST_PREPARE_SLICES tasks, one fid range each)
+Stage 1 (single)  prepare_chunks      stream the file, repair/reproject, write GeoParquet chunks;
+                                      a GeoPackage with a declared geometry type: only plan fid-range slices
 Stage 2 (fan-out) upload_chunks       table created once (setup_stage), then one COPY task per chunk
+                                      (a slice task reads its fid range in place and prepares it itself)
 Stage 3 (single)  create_stac_record  indexes, ANALYZE, STAC item in pgstac
 
 Policies (the user-visible decisions):
@@ -18,7 +19,11 @@ Policies (the user-visible decisions):
 - Column names: lowercase [a-z0-9_], collisions and the reserved `id`/`geom` get _2, _3...
   Timestamps without a zone are taken as UTC.
 - chunk_size absent: 1 chunk up to 25k features, ~8 chunks up to 800k, then 100k rows per chunk
-  (and at most ~64 MB of geometry per chunk).
+  (and at most ~64 MB of geometry per chunk). A GeoPackage slice is chunk_size fids wide.
+- A GeoPackage layer declaring one geometry type (POLYGON, MULTIPOINT, ...) gets the Multi* column of it
+  from the declaration; a feature of another type fails the job naming the layer (the GeoPackage
+  standard requires features of the declared type). A GEOMETRY layer is read whole, as any other file.
+  A GeoPackage replaced while its slices are read fails the job ("submit the job again").
 - Exactly-once load: each chunk's COPY runs in the transaction that completes its task; a duplicate
   delivery is rolled back by the CoreMachine, a killed worker's COPY never commits.
 - KML/KMZ without layer_name read every layer (folder). A 0-byte blob is refused at submit (400).
@@ -43,7 +48,7 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Field
 
 from config import get_settings
-from core.errors import ConflictError, JobValidationError, ResourceNotFoundError
+from core.errors import ConflictError, JobValidationError, PermanentTaskError, ResourceNotFoundError
 from core.models import JobExecutionContext, JobRecord, TaskDefinition, TaskStatus
 from infrastructure import database
 from infrastructure.blob import UnsafeBlobName, check_blob_name, check_container_name, get_blob_store
@@ -51,7 +56,7 @@ from jobs.base import JobBase, JobParameters, Stage, generate_task_id
 from services.vector.chunks import chunk_prefix
 from services.vector.formats import SUPPORTED_EXTENSIONS, ConverterParamsError, validate_converter_params
 from services.vector.identifiers import table_name_problem
-from services.vector.prepare import merge_prepared
+from services.vector.prepare import no_usable_geometry, stage1_result
 from services.vector.source import REQUIRED_SIDECARS, find_sidecar, shapefile_stem
 from services.vector.stac import delete_owned_item, tiles_url
 from services.vector.table import create_table, drop_hint, drop_owned_table, table_exists
@@ -181,7 +186,7 @@ class IngestVectorJob(JobBase):
         """Stage 2: create the table once, in the transaction that inserts the load tasks."""
         if stage != 2:
             return
-        prep = merge_prepared(previous_results)
+        prep = stage1_result(previous_results)
         p = job.parameters
         create_table(conn, p["schema"], p["table_name"], prep["columns"], prep["geometry_type"], job.job_id, job.run)
 
@@ -194,39 +199,43 @@ class IngestVectorJob(JobBase):
             keys = ("blob_name", "container_name", "file_extension", "chunk_size", "converter_params", "indexes",
                     "geometry_params")
             base = {**target, **{k: params[k] for k in keys}}
-            slices = get_settings().ingest_prepare_slices if params["file_extension"] == "gpkg" else 1
-            if slices == 1:
-                return [TaskDefinition(task_id=generate_task_id(job_id, 1, "prepare"), task_type=PREPARE,
-                                       parameters=base)]
-            return [
-                TaskDefinition(
-                    task_id=generate_task_id(job_id, 1, f"prepare_s{i}"),
-                    task_type=PREPARE,
-                    parameters={**base, "slice": i, "slices": slices},
-                )
-                for i in range(slices)
-            ]
+            return [TaskDefinition(task_id=generate_task_id(job_id, 1, "prepare"), task_type=PREPARE, parameters=base)]
         if stage == 2:
-            prep = merge_prepared(previous_results)
+            prep = stage1_result(previous_results)
             columns = [{"name": c["name"], "type": c["type"]} for c in prep["columns"]]
             catalog = {"indexes": prep["indexes"], "geometry_type": prep["geometry_type"], "columns": columns}
+            if prep.get("mode") == "slices":
+                keys = ("blob_name", "container_name", "converter_params", "geometry_params")
+                source = {k: params[k] for k in keys} | {
+                    k: prep[k] for k in ("layer", "fid_column", "first_fid", "version", "geometry_families")
+                } | {"declared_geometry_type": prep.get("declared_geometry_type")}
+                per_chunk = [{"fids": chunk["fids"], **source} for chunk in prep["chunks"]]
+            else:
+                container = prep["intermediate_container"]
+                per_chunk = [
+                    {"chunk_path": c["path"], "rows": c["rows"], "intermediate_container": container}
+                    for c in prep["chunks"]
+                ]
             return [
                 TaskDefinition(
                     task_id=generate_task_id(job_id, 2, f"chunk_{i:05d}"),
                     task_type=LOAD,
                     parameters={
                         **target,
-                        "chunk_path": chunk["path"],
+                        **chunk,
                         "chunk_index": i,
-                        "rows": chunk["rows"],
-                        "intermediate_container": prep["intermediate_container"],
                         "columns": columns,
                         **({"catalog": catalog} if i == 0 else {}),
                     },
                 )
-                for i, chunk in enumerate(prep["chunks"])
+                for i, chunk in enumerate(per_chunk)
             ]
         if stage == 3:
+            totals = _counts(previous_results)
+            if totals["rows"] == 0:  # only slices get here without rows: stage 1 refuses such a file itself
+                raise PermanentTaskError(
+                    no_usable_geometry(params["blob_name"], totals["source_features"], totals["geometry_stats"])
+                )
             catalog = next((r["catalog"] for r in previous_results if "catalog" in r), None)
             if catalog is None:
                 raise ValueError("stage 3 needs the table description that stage 2's first chunk carries")
@@ -257,12 +266,14 @@ class IngestVectorJob(JobBase):
         for t in context.task_results:
             by_type.setdefault(t.task_type, []).append(t)
         prepared = [t.result_data for t in by_type[PREPARE] if t.status == TaskStatus.COMPLETED]
-        prep = merge_prepared(prepared) if prepared else {}
+        prep = stage1_result(prepared) if prepared else {}
         loads = by_type[LOAD]
         done = [t for t in loads if t.status == TaskStatus.COMPLETED]
         stac = by_type[CATALOG][0].result_data if by_type[CATALOG] else {}
         total_chunks = int(prep.get("chunk_count", len(loads)))
-        rows = sum(int(t.result_data.get("rows_uploaded", 0)) for t in done)
+        counts = _counts(prepared + [t.result_data for t in done])
+        rows = counts["rows"]
+        expected_rows = counts["source_features"] - sum(counts["features_dropped"].values())
         return {
             "job_type": cls.job_type,
             "blob_name": params["blob_name"],
@@ -276,16 +287,17 @@ class IngestVectorJob(JobBase):
                 "chunks_uploaded": len(done),
                 "total_rows_uploaded": rows,
                 "success_rate": f"{(len(done) / total_chunks * 100) if total_chunks else 0.0:.1f}%",
-                "data_complete": len(done) == total_chunks and rows == prep.get("total_rows"),
-                "source_features": prep.get("source_features"),
-                "features_dropped": prep.get("features_dropped"),
-                "features_dropped_total": prep.get("features_dropped_total"),
-                "features_repaired": prep.get("features_repaired"),
+                "data_complete": len(done) == total_chunks and rows == expected_rows,
+                "source_features": counts["source_features"],
+                "features_dropped": counts["features_dropped"],
+                "features_dropped_total": sum(counts["features_dropped"].values()),
+                "features_repaired": counts["features_repaired"],
                 "geometry_type": prep.get("geometry_type"),
-                "geometry_stats": prep.get("geometry_stats"),
+                "geometry_stats": counts["geometry_stats"],
                 "columns": prep.get("columns"),
                 "source_crs": prep.get("source_crs"),
                 "chunk_size": prep.get("chunk_size"),
+                "read_in_place": prep.get("mode") == "slices",
                 "values_out_of_range": sum(int(t.result_data.get("values_out_of_range", 0)) for t in done),
             },
             "stac": {
@@ -321,7 +333,8 @@ class IngestVectorJob(JobBase):
     def progress_details(cls, conn: psycopg.Connection, job: JobRecord) -> dict[str, Any]:
         row = conn.execute(
             "SELECT sum(jsonb_array_length(result_data -> 'chunks')) FILTER (WHERE stage = 1) AS chunks_total,"
-            " sum((result_data ->> 'total_rows')::bigint) FILTER (WHERE stage = 1) AS rows_total,"
+            " sum(coalesce(result_data ->> 'total_rows', result_data ->> 'rows_estimate')::bigint)"
+            "   FILTER (WHERE stage = 1) AS rows_total,"
             " count(*) FILTER (WHERE stage = 2) AS chunks_done,"
             " coalesce(sum((result_data ->> 'rows_uploaded')::bigint) FILTER (WHERE stage = 2), 0) AS rows_loaded"
             " FROM app.tasks WHERE parent_job_id = %s AND status = 'completed'",
@@ -335,6 +348,22 @@ class IngestVectorJob(JobBase):
             "rows_total": None if row["rows_total"] is None else int(row["rows_total"]),
             "rows_loaded": int(row["rows_loaded"] or 0),
         }
+
+
+def _counts(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Feature counts summed over the tasks that report them: stage 1 for prepared chunks, each stage 2
+    slice for a GeoPackage read in place. Rows are what stage 2 copied."""
+    dicts: dict[str, dict[str, int]] = {"features_dropped": {}, "geometry_stats": {}}
+    for r in results:
+        for key, total in dicts.items():
+            for k, v in (r.get(key) or {}).items():
+                total[k] = total.get(k, 0) + int(v)
+    return {
+        "rows": sum(int(r.get("rows_uploaded") or 0) for r in results),
+        "source_features": sum(int(r.get("source_features") or 0) for r in results),
+        "features_repaired": sum(int(r.get("features_repaired") or 0) for r in results),
+        **dicts,
+    }
 
 
 def _stage_seconds(context: JobExecutionContext) -> dict[str, float | None]:

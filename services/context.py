@@ -30,7 +30,7 @@ class TaskContext:
 Handler = Callable[[dict[str, Any], TaskContext], dict[str, Any]]
 
 
-_heavy = threading.BoundedSemaphore(1)
+_heavy = threading.Lock()
 
 
 def one_at_a_time(handler: Handler) -> Handler:
@@ -45,4 +45,15 @@ def one_at_a_time(handler: Handler) -> Handler:
             finally:
                 release_free_memory()
 
+    run.one_at_a_time = True  # type: ignore[attr-defined]
     return run
+
+
+def must_wait(handler: Handler | None) -> bool:
+    """A one-at-a-time handler while this process already runs one: a worker gives such a message back
+    instead of holding it, so an idle worker process takes it."""
+    return bool(getattr(handler, "one_at_a_time", False)) and slot_busy()
+
+
+def slot_busy() -> bool:
+    return _heavy.locked()

@@ -1,12 +1,17 @@
-"""GeoPackage stage 1 in fid-range slices: the slices' results merge into exactly what one task would give."""
+"""A GeoPackage read in place in fid-range slices: stage 1 plans, each stage 2 task reads, prepares and COPYs
+its own slice. Row counts stay exact (gaps in fids, dropped features, redelivery); a file that breaks its own
+declaration or changes under the job fails with a clear message; a GEOMETRY layer takes the streaming path."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
+import threading
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import pytest
 from shapely.geometry import LineString, MultiPolygon, box
 
@@ -16,27 +21,18 @@ from tests.helpers import every_message_twice, submit
 from tests.test_ingest_delivery import drain_leftovers
 
 
-@pytest.fixture
-def slices(monkeypatch: pytest.MonkeyPatch):
-    """Slice every GeoPackage (no small-file shortcut) into `n` tasks."""
-    from config import reset_settings
-    from services.vector import prepare
-
-    def use(n: int) -> None:
-        monkeypatch.setenv("INGEST_PREPARE_SLICES", str(n))
-        monkeypatch.setattr(prepare, "SLICE_MIN_FEATURES", 1)
-        reset_settings()
-
-    yield use
-    monkeypatch.delenv("INGEST_PREPARE_SLICES", raising=False)
-    reset_settings()
-
-
-def upload_gpkg(nonce: str, name: str, gdf: gpd.GeoDataFrame, drop_fids: list[int] | None = None) -> str:
+def upload_gpkg(
+    nonce: str, name: str, gdf: gpd.GeoDataFrame, drop_fids: list[int] | None = None, declare: str | None = None
+) -> str:
+    """A one-layer GeoPackage; `declare` forces the layer's declared geometry type (GDAL writes features of
+    another type anyway, with a warning, as some producers do)."""
     folder = vf.tmpdir()
     path = folder / "data.gpkg"
-    gdf.to_file(path, layer="layer", driver="GPKG", promote_to_multi=False)
-    if drop_fids:  # gaps in the fids: slices are cut by position, not by fid arithmetic
+    if declare:
+        pyogrio.write_dataframe(gdf, path, layer="layer", driver="GPKG", geometry_type=declare)
+    else:
+        gdf.to_file(path, layer="layer", driver="GPKG", promote_to_multi=False)
+    if drop_fids:  # gaps in the fids
         with sqlite3.connect(path) as con:
             con.executemany("DELETE FROM layer WHERE fid = ?", [(f,) for f in drop_fids])
     return vf.upload(f"{nonce}/{name}.gpkg", path)
@@ -46,15 +42,15 @@ def params(blob: str, table: str, **extra: Any) -> dict[str, Any]:
     return {"blob_name": blob, "file_extension": "gpkg", "table_name": table, **extra}
 
 
-def stage1(db: Any, job_id: str) -> list[dict[str, Any]]:
+def stage_tasks(db: Any, job_id: str, stage: int) -> list[dict[str, Any]]:
     return db.execute(
-        "SELECT task_id, status, result_data FROM app.tasks WHERE parent_job_id = %s AND stage = 1 ORDER BY task_index",
-        [job_id],
+        "SELECT task_id, status, parameters, result_data FROM app.tasks WHERE parent_job_id = %s AND stage = %s"
+        " ORDER BY task_index",
+        [job_id, stage],
     ).fetchall()
 
 
-def test_three_slices_load_every_row_once(db, drain, nonce, slices):
-    slices(3)
+def test_slices_partition_the_fids_and_load_every_row_once(db, drain, nonce):
     n = 1_000
     gdf = vf.frame(n)
     gdf["maybe"] = pd_int_with_nulls(n, first_null=n // 2)
@@ -63,27 +59,28 @@ def test_three_slices_load_every_row_once(db, drain, nonce, slices):
     job = vf.run_ingest(drain, db, params(blob, table, chunk_size=90))
     assert job["status"] == "completed", job["error_details"]
     s = job["result_data"]["summary"]
+    assert s["read_in_place"] is True
     assert s["source_features"] == 700 == s["total_rows_uploaded"] and s["data_complete"]
     got = db.execute(f"SELECT count(*) AS n, count(DISTINCT value) AS d, min(value) AS lo, max(value) AS hi,"
                      f" count(maybe) AS m FROM geo.{table}").fetchone()
     assert got == {"n": 700, "d": 700, "lo": 0, "hi": n - 1, "m": n - n // 2}
     assert vf.columns_of(db, "geo", table)["maybe"] == "bigint"
-    tasks = stage1(db, job["job_id"])
-    assert [t["status"] for t in tasks] == ["completed"] * 3
-    per_slice = [t["result_data"]["total_rows"] for t in tasks]
-    assert sum(per_slice) == 700 and min(per_slice) > 0
-    paths = [c["path"] for t in tasks for c in t["result_data"]["chunks"]]
-    assert all(f"/s{i}/" in c["path"] for i, t in enumerate(tasks) for c in t["result_data"]["chunks"])
-    loads = db.execute("SELECT parameters FROM app.tasks WHERE parent_job_id = %s AND stage = 2 ORDER BY task_index",
-                       [job["job_id"]]).fetchall()
-    assert [p["parameters"]["chunk_path"] for p in loads] == paths  # slice order, every chunk once
-    assert s["total_chunks"] == len(paths)
+    (plan,) = stage_tasks(db, job["job_id"], 1)
+    assert plan["result_data"]["mode"] == "slices" and "chunks" in plan["result_data"]
+    assert plan["result_data"]["rows_estimate"] == 700
+    loads = stage_tasks(db, job["job_id"], 2)
+    ranges = [t["parameters"]["fids"] for t in loads]
+    assert len(ranges) == 8  # ceil(700 / 90) slices over fids 1..1000
+    assert ranges[0][0] == 1 and ranges[-1][1] == n + 1
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))  # contiguous, no overlap
+    assert sum(t["result_data"]["rows_uploaded"] for t in loads) == 700
+    assert sum(t["result_data"]["source_features"] for t in loads) == 700
     from types import SimpleNamespace
 
     from jobs.ingest_vector import IngestVectorJob
 
-    progress = IngestVectorJob.progress_details(db, SimpleNamespace(job_id=job["job_id"]))  # sums the slices
-    assert progress["chunks_total"] == len(paths) and progress["rows_total"] == 700
+    progress = IngestVectorJob.progress_details(db, SimpleNamespace(job_id=job["job_id"]))
+    assert progress == {"chunks_total": 8, "chunks_done": 8, "rows_total": 700, "rows_loaded": 700}
 
 
 def pd_int_with_nulls(n: int, first_null: int) -> Any:
@@ -93,73 +90,65 @@ def pd_int_with_nulls(n: int, first_null: int) -> Any:
     return pd.array([None] * first_null + list(range(first_null, n)), dtype="Int64")
 
 
-def test_polygons_in_one_slice_and_multipolygons_in_another_give_multipolygon(db, drain, nonce, slices):
-    slices(2)
-    geoms = [box(i, 0, i + 0.5, 0.5) for i in range(50)]
-    geoms += [MultiPolygon([box(i, 2, i + 0.5, 2.5), box(i, 3, i + 0.5, 3.5)]) for i in range(50)]
-    blob = upload_gpkg(nonce, "mixed", vf.frame(100, geoms))
-    table = f"slicesmp_{nonce}"
-    job = vf.run_ingest(drain, db, params(blob, table))
-    assert job["status"] == "completed", job["error_details"]
-    fams = [t["result_data"]["geometry_families"] for t in stage1(db, job["job_id"])]
-    assert fams == [["polygon"], ["polygon"]]
-    checks = vf.geometry_checks(db, "geo", table)
-    assert checks["n"] == 100 and checks["types"] == ["MULTIPOLYGON"]
-    assert job["result_data"]["summary"]["geometry_type"] == "MultiPolygon"
+def test_declared_polygon_layer_holding_a_line_fails_naming_the_layer(db, drain, nonce):
+    geoms = [box(i, 0, i + 0.5, 0.5) for i in range(60)] + [LineString([(0, 5), (1, 6)])]
+    blob = upload_gpkg(nonce, "liar", vf.frame(61, geoms), declare="Polygon")
+    table = f"sliceliar_{nonce}"
+    job = vf.run_ingest(drain, db, params(blob, table, chunk_size=20))
+    assert job["status"] == "failed"
+    err = job["error_details"]["error"]
+    assert "liar.gpkg' layer 'layer' declares Polygon geometries but holds LineString ones" in err, err
+    assert job["error_details"]["stage"] == 2
+    assert not vf.table_exists(db, "geo", table)  # the failed run's table is dropped
 
 
-def test_polygons_in_one_slice_and_lines_in_another_give_a_generic_column(db, drain, nonce, slices):
-    slices(2)
+def test_generic_layer_takes_the_streaming_path_and_keeps_the_column_policy(db, drain, nonce):
     geoms = [box(i, 0, i + 0.5, 0.5) for i in range(50)] + [LineString([(i, 5), (i + 1, 6)]) for i in range(50)]
     blob = upload_gpkg(nonce, "polyline", vf.frame(100, geoms))
     table = f"slicespl_{nonce}"
     job = vf.run_ingest(drain, db, params(blob, table))
     assert job["status"] == "completed", job["error_details"]
+    assert job["result_data"]["summary"]["read_in_place"] is False
     assert job["result_data"]["summary"]["geometry_type"] == "Geometry"
     assert sorted(vf.geometry_checks(db, "geo", table)["types"]) == ["MULTILINESTRING", "MULTIPOLYGON"]
 
 
-def test_only_null_geometries_in_every_slice_fails_with_the_reason(db, drain, nonce, slices):
-    slices(3)
+def test_declared_multipolygon_layer_with_polygons_gives_multipolygon(db, drain, nonce):
+    geoms = [box(i, 0, i + 0.5, 0.5) for i in range(50)]
+    geoms += [MultiPolygon([box(i, 2, i + 0.5, 2.5), box(i, 3, i + 0.5, 3.5)]) for i in range(50)]
+    blob = upload_gpkg(nonce, "mixed", vf.frame(100, geoms), declare="MultiPolygon")
+    table = f"slicesmp_{nonce}"
+    job = vf.run_ingest(drain, db, params(blob, table, chunk_size=30))
+    assert job["status"] == "completed", job["error_details"]
+    assert job["result_data"]["summary"]["read_in_place"] is True
+    checks = vf.geometry_checks(db, "geo", table)
+    assert checks["n"] == 100 and checks["types"] == ["MULTIPOLYGON"]
+    assert job["result_data"]["summary"]["geometry_type"] == "MultiPolygon"
+
+
+def test_only_null_geometries_fails_with_the_reason_and_drops_the_table(db, drain, nonce):
     gdf = gpd.GeoDataFrame({"n": np.arange(30)}, geometry=gpd.GeoSeries([None] * 30), crs=4326)
-    blob = upload_gpkg(nonce, "allnull", gdf)
-    job = vf.run_ingest(drain, db, params(blob, f"slicesnull_{nonce}"))
+    blob = upload_gpkg(nonce, "allnull", gdf, declare="Polygon")
+    table = f"slicesnull_{nonce}"
+    job = vf.run_ingest(drain, db, params(blob, table, chunk_size=10))
     assert job["status"] == "failed"
     err = job["error_details"]["error"]
     assert "none with a usable geometry" in err and "allnull.gpkg" in err and "30 null" in err, err
-    assert not vf.table_exists(db, "geo", f"slicesnull_{nonce}")
+    assert not vf.table_exists(db, "geo", table)
 
 
-def test_null_geometries_in_one_slice_only_are_dropped(db, drain, nonce, slices):
-    slices(2)
+def test_null_geometries_in_one_slice_only_are_dropped_and_counted(db, drain, nonce):
     geoms = [None] * 40 + vf.squares(40)
-    blob = upload_gpkg(nonce, "halfnull", vf.frame(80, geoms))
-    job = vf.run_ingest(drain, db, params(blob, f"sliceshalf_{nonce}"))
+    blob = upload_gpkg(nonce, "halfnull", vf.frame(80, geoms), declare="Polygon")
+    job = vf.run_ingest(drain, db, params(blob, f"sliceshalf_{nonce}", chunk_size=40))
     assert job["status"] == "completed", job["error_details"]
     s = job["result_data"]["summary"]
-    assert s["total_rows_uploaded"] == 40 and s["features_dropped"]["null_geometry"] == 40
-    assert stage1(db, job["job_id"])[0]["result_data"]["total_rows"] == 0
+    assert s["total_rows_uploaded"] == 40 and s["features_dropped"] == {"null_geometry": 40, "collapsed": 0}
+    assert s["source_features"] == 80 and s["data_complete"]
+    assert [t["result_data"]["rows_uploaded"] for t in stage_tasks(db, job["job_id"], 2)] == [0, 40]
 
 
-def test_small_geopackage_is_read_by_the_first_slice(db, drain, nonce, monkeypatch):
-    from config import reset_settings
-
-    monkeypatch.setenv("INGEST_PREPARE_SLICES", "2")  # the real small-file threshold stays
-    reset_settings()
-    try:
-        blob = upload_gpkg(nonce, "small", vf.frame(25))
-        job = vf.run_ingest(drain, db, params(blob, f"slicessmall_{nonce}"))
-    finally:
-        monkeypatch.delenv("INGEST_PREPARE_SLICES")
-        reset_settings()
-    assert job["status"] == "completed", job["error_details"]
-    tasks = stage1(db, job["job_id"])
-    assert [t["result_data"]["total_rows"] for t in tasks] == [25, 0] and tasks[1]["result_data"]["empty"]
-    assert job["result_data"]["summary"]["total_rows_uploaded"] == 25
-
-
-def test_every_slice_and_load_message_delivered_twice_loads_each_row_once(db, drain, nonce, slices):
-    slices(3)
+def test_every_message_delivered_twice_loads_each_row_once(db, drain, nonce):
     blob = upload_gpkg(nonce, "dup", vf.frame(500))
     table = f"slicesdup_{nonce}"
     with every_message_twice(db):
@@ -171,49 +160,47 @@ def test_every_slice_and_load_message_delivered_twice_loads_each_row_once(db, dr
     assert got == {"n": 500, "d": 500}
     job = vf.job_row(db, job_id)
     assert job["result_data"]["summary"]["total_rows_uploaded"] == 500
-    assert [t["status"] for t in stage1(db, job_id)] == ["completed"] * 3
+    assert len(stage_tasks(db, job_id, 2)) == 9
 
 
-def slice_result(i: int, k: int, **over: Any) -> dict[str, Any]:
-    base = {
-        "slice": i, "slices": k, "blob_name": "f.gpkg", "label": "file 'f.gpkg'",
-        "chunks": [{"path": f"j/r1/s{i}/chunk_00000.parquet", "rows": 10}], "chunk_count": 1, "chunk_size": 10,
-        "source_features": 10, "total_rows": 10, "features_dropped": {"null_geometry": 0, "collapsed": 0},
-        "features_repaired": 1, "geometry_stats": {"null_geometry": 0, "collapsed": 0, "repaired": 1},
-        "geometry_families": ["polygon"], "columns": [{"name": "a", "source_name": "A", "type": "text"}],
-        "column_types": {"a": "null"}, "source_crs": ["EPSG:4326"], "indexes": {"spatial": True, "attributes": [],
-                                                                                "temporal": []},
-        "seconds": 1.0,
-    }
-    return base | over
+def test_a_file_replaced_after_planning_fails_the_slice_with_a_clear_message(nonce):
+    from infrastructure.blob import get_blob_store
+    from services.vector.slices import plan_slices, slice_source
+
+    store = get_blob_store()
+    blob = upload_gpkg(nonce, "replaced", vf.frame(50))
+    p = {"blob_name": blob, "container_name": vf.source_container(), "file_extension": "gpkg"}
+    plan, _ = plan_slices(p, store, 1598)
+    keys = ("layer", "fid_column", "first_fid", "version")
+    task = p | {k: plan[k] for k in keys} | {"fids": plan["chunks"][0]["fids"]}
+    assert slice_source(task, store).layers[0].where == '"fid" >= 1 AND "fid" < 51'
+    upload_gpkg(nonce, "replaced", vf.frame(60))
+    with pytest.raises(PermanentTaskError, match=r"replaced\.gpkg' was replaced while the job was loading it"):
+        slice_source(task, store)
+    store.delete_prefix(vf.source_container(), blob)
+    with pytest.raises(PermanentTaskError, match="was deleted while the job was loading it"):
+        slice_source(task, store)
 
 
-def test_merge_prepared_merges_types_families_chunks_and_counts():
-    from services.vector.prepare import merge_prepared
+def test_a_worker_gives_back_a_one_at_a_time_task_while_its_slot_is_taken():
+    from services.context import must_wait, one_at_a_time, slot_busy
+    from triggers.worker import Worker
 
-    r1 = slice_result(1, 2, column_types={"a": "integer"}, columns=[{"name": "a", "source_name": "A",
-                                                                       "type": "integer"}],
-                      geometry_families=["line"], seconds=2.0)
-    merged = merge_prepared([r1, slice_result(0, 2)])  # any order in, slice order out
-    assert merged["columns"] == [{"name": "a", "source_name": "A", "type": "integer"}]
-    assert merged["geometry_type"] == "Geometry" and merged["geometry_families"] == ["line", "polygon"]
-    assert [c["path"] for c in merged["chunks"]] == ["j/r1/s0/chunk_00000.parquet", "j/r1/s1/chunk_00000.parquet"]
-    assert merged["total_rows"] == 20 == merged["source_features"] and merged["features_repaired"] == 2
-    assert merged["chunk_count"] == 2 and merged["seconds"] == 2.0 and "column_types" not in merged
-
-
-def test_merge_prepared_refuses_a_missing_slice_and_decides_emptiness_on_totals():
-    from services.vector.prepare import merge_prepared
-
-    with pytest.raises(ValueError, match="one per slice"):
-        merge_prepared([slice_result(0, 3), slice_result(2, 3)])
-    empty = {"slice": 1, "slices": 2, "empty": True, "chunks": [], "source_features": 0, "total_rows": 0}
-    with pytest.raises(PermanentTaskError, match="contains no features"):
-        merge_prepared([slice_result(0, 2, source_features=0, total_rows=0, chunks=[]) | {"empty": True}, empty])
-    nulls = {"null_geometry": 10, "collapsed": 0}
-    with pytest.raises(PermanentTaskError, match="20 features but none with a usable geometry"):
-        merge_prepared([slice_result(i, 2, total_rows=0, chunks=[], features_dropped=nulls,
-                                     geometry_stats=nulls | {"repaired": 0}, geometry_families=[])
-                        for i in range(2)])
-    only = slice_result(0, 2)
-    assert merge_prepared([only, empty])["total_rows"] == 10
+    started, release = threading.Event(), threading.Event()
+    heavy = one_at_a_time(lambda params, ctx: started.set() or release.wait(10) or {})
+    light = lambda params, ctx: {}  # noqa: E731
+    assert not must_wait(heavy) and not slot_busy()
+    runner = threading.Thread(target=heavy, args=({}, None))
+    runner.start()
+    try:
+        assert started.wait(5)
+        assert must_wait(heavy) and not must_wait(light) and not must_wait(None)
+        worker = Worker(concurrency=1)
+        msg = type("Msg", (), {"queue": worker.settings.tasks_queue, "body": {"task_type": "load_vector_chunk"}})()
+        assert worker._busy_for(msg)
+        msg.body = {"task_type": "hello_world_greet"}
+        assert not worker._busy_for(msg)
+    finally:
+        release.set()
+        runner.join(5)
+    assert not slot_busy()

@@ -22,6 +22,7 @@ from core.machine import CoreMachine
 from core.models import JobQueueMessage, TaskQueueMessage
 from infrastructure import database
 from infrastructure.queues import MessageQueue, ReceivedMessage, get_queue
+from services.context import must_wait, slot_busy
 
 log = logging.getLogger("geoetl.worker")
 PREFETCH_BUDGET = 0.2  # seconds of expected work a consumer takes per receive
@@ -119,6 +120,10 @@ class Worker:
                 if self.stopping.is_set():
                     self._give_back(batch[i:])
                     break
+                if self._busy_for(msg):
+                    self._give_back(batch[i:])
+                    self._wait_for_slot()
+                    break
                 started = time.monotonic()
                 self.handle(msg)
                 took = time.monotonic() - started
@@ -126,6 +131,17 @@ class Worker:
                 if took > PREFETCH_BUDGET and i + 1 < len(batch):
                     self._give_back(batch[i + 1 :])
                     break
+
+    def _busy_for(self, msg: ReceivedMessage) -> bool:
+        if msg.queue != self.settings.tasks_queue:
+            return False
+        return must_wait(self.machine.handlers.get(str(msg.body.get("task_type"))))
+
+    def _wait_for_slot(self, longest: float = 1.0) -> None:
+        """Until this process's one-at-a-time slot frees (or a second passes, to serve other tasks meanwhile)."""
+        deadline = time.monotonic() + longest
+        while slot_busy() and time.monotonic() < deadline and not self.stopping.is_set():
+            self.stopping.wait(0.02)
 
     def _give_back(self, msgs: list[ReceivedMessage]) -> None:
         """Return messages this consumer received but did not start (not counted as a delivery)."""

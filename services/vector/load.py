@@ -1,8 +1,10 @@
-"""Stage 2 handler: COPY one GeoParquet chunk into the table, in the transaction that completes the task.
+"""Stage 2 handler: COPY one chunk into the table, in the transaction that completes the task.
 
-The rows commit together with the task's completion or not at all: a worker killed mid-COPY
-leaves nothing behind, and a second delivery of a completed task is rolled back by the framework.
-No DDL here: the table was created once, before the fan-out.
+A chunk is either a GeoParquet file stage 1 prepared, or a fid range of a GeoPackage that this task
+reads in place and prepares itself (see slices.py). Either way the rows commit together with the
+task's completion or not at all: a worker killed mid-COPY leaves nothing behind, and a second
+delivery of a completed task is rolled back by the framework. No DDL here: the table was created
+once, before the fan-out.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import psycopg
@@ -26,72 +29,149 @@ from services.vector import pgcopy
 from services.vector.chunks import read_chunk
 from services.vector.ewkb import to_ewkb
 from services.vector.identifiers import GEOMETRY_COLUMN
+from services.vector.prepare import SourceReader, geometry_options
+from services.vector.slices import check_families, check_version, slice_source
 from services.vector.table import qualified
 
 LOAD_BATCH_ROWS = 20_000  # rows encoded at once; 50k raised a worker's peak RSS by ~50 MB at the same speed
+COPY_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgramLimitExceeded)
 
 
-def copy_table(
-    conn: psycopg.Connection,
-    schema: str,
-    table: str,
-    batches: Any,
-    columns: list[dict[str, str]],
-) -> tuple[int, pgcopy.EncodeStats]:
-    """COPY (FORMAT BINARY) Arrow batches (geom as WKB + attribute columns) into schema.table."""
-    stats = pgcopy.EncodeStats()
-    names = [GEOMETRY_COLUMN] + [c["name"] for c in columns]
-    target = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        qualified(schema, table), sql.SQL(", ").join(sql.Identifier(n) for n in names)
-    )
-    rows = 0
-    with conn.cursor() as cur, cur.copy(target) as copy:
-        copy.write(pgcopy.SIGNATURE)
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            geom = to_ewkb(batch.column(GEOMETRY_COLUMN))
-            lengths = pc.binary_length(geom).to_numpy()
-            for part in pgcopy.iter_slabs(lengths):
-                n = part.stop - part.start
-                fields = [pgcopy.encode_variable(geom.slice(part.start, n))]
-                for col in columns:
-                    if col["name"] in batch.schema.names:
-                        values = C.cast_to(batch.column(col["name"]).slice(part.start, n), col["type"])
-                    else:  # a column this chunk never saw (e.g. another KML layer's)
-                        values = pa.nulls(n, C.ARROW_OF[C.final_type(col["type"])])
-                    fields.append(pgcopy.encode_column(values, C.final_type(col["type"]), stats))
-                copy.write(pgcopy.encode_rows(fields))
-                rows += n
-        copy.write(pgcopy.TRAILER)
-    return rows, stats
+class CopySink:
+    """One COPY (FORMAT BINARY) into schema.table, fed prepared Arrow tables (geom as WKB + attributes).
+
+    Each column is cast to the table's type; a column a table never saw (another KML layer's) is NULL.
+    With `families`, a geometry of any other family is refused (a GeoPackage slice must hold what its
+    layer declares, since the column type was chosen from that declaration).
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        schema: str,
+        table: str,
+        columns: list[dict[str, str]],
+        families: list[str] | None = None,
+        label: str = "",
+        declared: str | None = None,
+    ) -> None:
+        self.conn, self.schema, self.table, self.columns = conn, schema, table, columns
+        self.families, self.label, self.declared = families, label, declared
+        self.known = {c["name"] for c in columns}
+        self.stats = pgcopy.EncodeStats()
+        self.rows = 0
+
+    def __enter__(self) -> CopySink:
+        names = [GEOMETRY_COLUMN] + [c["name"] for c in self.columns]
+        target = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            qualified(self.schema, self.table), sql.SQL(", ").join(sql.Identifier(n) for n in names)
+        )
+        self._cursor = self.conn.cursor()
+        self._copy_cm = self._cursor.copy(target)
+        self._copy = self._copy_cm.__enter__()
+        self._copy.write(pgcopy.SIGNATURE)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if kind is None:
+                self._copy.write(pgcopy.TRAILER)
+            self._copy_cm.__exit__(kind, exc, tb)
+        finally:
+            self._cursor.close()
+
+    def add(self, table: pa.Table | pa.RecordBatch, families: set[str] | None = None) -> None:
+        if self.families is not None and families:
+            check_families(families, self.families, self.label, self.declared)
+        unknown = [n for n in table.schema.names if n != GEOMETRY_COLUMN and n not in self.known]
+        if unknown:
+            raise PermanentTaskError(f"{self.label}: column(s) {', '.join(unknown)} are not in the table's columns")
+        if table.num_rows == 0:
+            return
+        geom = to_ewkb(table.column(GEOMETRY_COLUMN))
+        lengths = pc.binary_length(geom).to_numpy()
+        for part in pgcopy.iter_slabs(lengths):
+            n = part.stop - part.start
+            fields = [pgcopy.encode_variable(geom.slice(part.start, n))]
+            for col in self.columns:
+                if col["name"] in table.schema.names:
+                    values = C.cast_to(table.column(col["name"]).slice(part.start, n), col["type"])
+                else:
+                    values = pa.nulls(n, C.ARROW_OF[C.final_type(col["type"])])
+                fields.append(pgcopy.encode_column(values, C.final_type(col["type"]), self.stats))
+            self._copy.write(pgcopy.encode_rows(fields))
+            self.rows += n
 
 
 def load_vector_chunk(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     started = time.monotonic()
-    schema, table, path = params["schema"], params["table_name"], params["chunk_path"]
-    container = params.get("intermediate_container") or get_settings().intermediate_container
-    with tempfile.TemporaryDirectory(prefix="geoetl-load-") as tmp:
-        chunk = read_chunk(get_blob_store(), container, path, Path(tmp))
-        try:
-            batches = chunk.iter_batches(batch_size=LOAD_BATCH_ROWS)
-            rows, stats = copy_table(ctx.conn, schema, table, batches, params["columns"])
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgramLimitExceeded) as exc:
-            # bad values, or rows wider than a PostgreSQL page (e.g. >1000 numeric columns): no retry helps
-            raise PermanentTaskError(f"loading chunk '{path}' into {schema}.{table} failed: {exc}") from None
-        finally:
-            chunk.close()
-    expected = params.get("rows")
-    if expected is not None and rows != expected:
-        raise PermanentTaskError(f"chunk '{path}' holds {rows} rows, stage 1 wrote {expected}")
-    result: dict[str, Any] = {
-        "rows_uploaded": rows,
+    schema, table = params["schema"], params["table_name"]
+    try:
+        if "fids" in params:
+            result = _load_slice(params, ctx)
+        else:
+            result = _load_prepared(params, ctx)
+    except COPY_ERRORS as exc:
+        # bad values, or rows wider than a PostgreSQL page (e.g. >1000 numeric columns): no retry helps
+        what = params.get("chunk_path") or f"fids {params['fids'][0]}..{params['fids'][1] - 1}"
+        raise PermanentTaskError(f"loading chunk '{what}' into {schema}.{table} failed: {exc}") from None
+    result |= {
         "chunk_index": params["chunk_index"],
-        "chunk_path": path,
         "table": f"{schema}.{table}",
-        "values_out_of_range": stats.out_of_range,
         "seconds": round(time.monotonic() - started, 3),
     }
     if "catalog" in params:  # what stage 3 needs from stage 1, carried by the first chunk
         result["catalog"] = params["catalog"]
     return result
+
+
+def _load_prepared(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """A GeoParquet chunk stage 1 wrote: downloaded, then read row group by row group into the COPY."""
+    path = params["chunk_path"]
+    container = params.get("intermediate_container") or get_settings().intermediate_container
+    with tempfile.TemporaryDirectory(prefix="geoetl-load-") as tmp:
+        chunk = read_chunk(get_blob_store(), container, path, Path(tmp))
+        try:
+            with CopySink(ctx.conn, params["schema"], params["table_name"], params["columns"], label=path) as sink:
+                for batch in chunk.iter_batches(batch_size=LOAD_BATCH_ROWS):
+                    sink.add(batch)
+        finally:
+            chunk.close()
+    expected = params.get("rows")
+    if expected is not None and sink.rows != expected:
+        raise PermanentTaskError(f"chunk '{path}' holds {sink.rows} rows, stage 1 wrote {expected}")
+    return {"rows_uploaded": sink.rows, "chunk_path": path, "values_out_of_range": sink.stats.out_of_range}
+
+
+def _load_slice(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """A fid range of a GeoPackage, read in place, prepared and COPYed batch by batch (memory stays bounded)."""
+    store = get_blob_store()
+    src = slice_source(params, store)
+    label = src.layers[0].label
+    with CopySink(
+        ctx.conn,
+        params["schema"],
+        params["table_name"],
+        params["columns"],
+        families=params["geometry_families"],
+        label=label,
+        declared=params.get("declared_geometry_type"),
+    ) as sink:
+        reader = SourceReader(src, geometry_options(params), sink)
+        reader.read_all()
+    check_version(params, store)  # the file did not change while this slice was read
+    stats = reader.stats
+    dropped = {"null_geometry": stats.null_geometry, "collapsed": stats.collapsed}
+    if reader.features_read - sum(dropped.values()) != sink.rows:
+        raise RuntimeError(f"{label}: read {reader.features_read}, dropped {dropped}, but copied {sink.rows} rows")
+    return {
+        "rows_uploaded": sink.rows,
+        "fids": params["fids"],
+        "source_features": reader.features_read,
+        "features_dropped": dropped,
+        "features_repaired": stats.repaired,
+        "geometry_stats": stats.as_dict(),
+        "values_out_of_range": sink.stats.out_of_range,
+    }

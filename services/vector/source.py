@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import posixpath
 import re
-import sqlite3
 import struct
 import zipfile
 import zlib
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ TEMP_PREFIX = "geoetl-src-"  # the worker's download folder; its path never reac
 MAX_COMPRESSION_RATIO = 200
 RATIO_CHECK_BYTES = 100 * 1024**2
 _LOCAL_PATH = re.compile(r"(?:/vsizip/)?/\S*?" + TEMP_PREFIX + r"[^/\s]+/source\.[a-z]+")
+_IN_PLACE_PATH = re.compile(r"/vsiaz/[^\s'\"]+")  # a blob GDAL reads in place (slices.py)
 _GDAL_DRIVER_HINT = re.compile(r";? ?It might help to specify the correct driver explicitly.*$", re.S)
 
 
@@ -106,7 +105,8 @@ def download(store: BlobStore, container: str, blob_name: str, ext: str, folder:
 
 def scrub(message: str, blob_name: str) -> str:
     """A GDAL message as a user should read it: the worker's temporary paths become the blob's name."""
-    return _GDAL_DRIVER_HINT.sub("", _LOCAL_PATH.sub(blob_name, message)).strip()
+    message = _IN_PLACE_PATH.sub(blob_name, _LOCAL_PATH.sub(blob_name, message))
+    return _GDAL_DRIVER_HINT.sub("", message).strip()
 
 
 def shapefile_problem(
@@ -247,7 +247,7 @@ def _layers_of(path: str, blob_name: str) -> list[tuple[str, str | None]]:
         raise PermanentTaskError(f"could not open '{blob_name}': {scrub(str(exc), blob_name)}") from None
 
 
-def _gpkg_layers(path: str, blob_name: str, layer_name: str | None) -> list[LayerSource]:
+def gpkg_layers(path: str, blob_name: str, layer_name: str | None) -> list[LayerSource]:
     layers = _layers_of(path, blob_name)
     names = [n for n, _ in layers]
     spatial = [n for n, t in layers if t is not None]
@@ -319,7 +319,7 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
         src.open_options = _csv_options(local, blob_name, conv)
         src.layers = [LayerSource(path, None, f"CSV '{blob_name}'")]
     elif ext == "gpkg":
-        src.layers = _gpkg_layers(path, blob_name, conv.get("layer_name"))
+        src.layers = gpkg_layers(path, blob_name, conv.get("layer_name"))
     elif ext == "kml":
         src.layers = _kml_layers(path, blob_name, conv.get("layer_name"))
     elif ext == "kmz":
@@ -433,36 +433,5 @@ def unparsed_csv_geometry(local: Path, label: str, conv: dict[str, Any]) -> str 
     return None
 
 
-def _sqlite_name(name: str) -> str:
+def sqlite_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def gpkg_slice(layer: LayerSource, index: int, slices: int, min_features: int) -> LayerSource | None:
-    """Slice `index` of `slices` of a GeoPackage layer, as a range of its integer primary key (the rowid,
-    so GDAL's SQLite driver reads only that range); None when the slice holds nothing.
-
-    Boundaries are the fids at offsets n*i/K in fid order, so the slices partition the layer whatever
-    gaps its fids have. Layers under `min_features` are read whole by slice 0.
-    """
-    if slices <= 1:
-        return layer
-    fid = pyogrio.read_info(layer.path, layer=layer.layer).get("fid_column") or "fid"
-    table, col = _sqlite_name(str(layer.layer)), _sqlite_name(fid)
-    # Errors propagate (no fallback): every slice must decide from the same facts, or rows are lost.
-    with closing(sqlite3.connect(f"file:{layer.path}?mode=ro", uri=True)) as con:
-        total = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 - quoted names
-        if total < min_features:
-            return layer if index == 0 else None
-        lo_at, hi_at = total * index // slices, total * (index + 1) // slices
-
-        def fid_at(offset: int) -> int | None:
-            query = f"SELECT {col} FROM {table} ORDER BY {col} LIMIT 1 OFFSET ?"  # noqa: S608 - quoted names
-            row = con.execute(query, [offset]).fetchone()
-            return None if row is None else int(row[0])
-
-        lo = fid_at(lo_at)
-        hi = fid_at(hi_at) if index < slices - 1 else None
-    if lo is None or (hi is not None and hi <= lo):
-        return None
-    where = f"{col} >= {lo}" + (f" AND {col} < {hi}" if hi is not None else "")
-    return LayerSource(layer.path, layer.layer, layer.label, where=where, offset=lo_at)
