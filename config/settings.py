@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     intermediate_container: str = Field(
         "geoetl-intermediate", description="Container for GeoParquet chunks (deleted when a job ends)."
     )
+    index_build_memory_mb: int = Field(
+        256,
+        ge=1,
+        le=16384,
+        description="maintenance_work_mem (MB) of the session that builds a loaded table's indexes (the GiST "
+        "build sorts in memory; 64 MB, PostgreSQL's default, spills a 1M-polygon build to disk).",
+    )
     max_source_bytes: int = Field(
         10 * 1024**3, description="Source files larger than this are refused at submit (bytes)."
     )

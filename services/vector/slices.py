@@ -39,6 +39,10 @@ GDAL_NETWORK_OPTIONS = {
     "GDAL_HTTP_RETRY_DELAY": "1",
     "GDAL_HTTP_TIMEOUT": "60",
 }
+# SQLite's immutable mode: no locks and no probing for -wal/-journal files, which over HTTP are 2 requests
+# per read transaction (a 100k-feature slice: 151 requests -> 47, 0.58 s -> 0.44 s). The file cannot change
+# under a reader without check_version noticing.
+IN_PLACE_OPEN_OPTIONS = {"IMMUTABLE": "YES"}
 _configured: dict[str, str] = {}
 _configure_lock = threading.Lock()
 
@@ -76,22 +80,28 @@ def _unreadable(exc: Exception, path: str, blob: str) -> PermanentTaskError:
 
 
 def _fid_bounds(path: str, layer: str, fid: str, blob: str) -> tuple[int | None, int | None]:
-    """Smallest and largest fid: two lookups in the rowid b-tree, whatever the layer's size."""
+    """Smallest and largest fid: one lookup each in the rowid b-tree, whatever the layer's size. (SQLite
+    optimises a lone min() or max(); both in one query scan the whole table: 1.7 s instead of 0.1 s.)"""
     col, table = sqlite_name(fid), sqlite_name(layer)
-    query = f"SELECT min({col}) AS lo, max({col}) AS hi FROM {table}"  # noqa: S608 - quoted names
-    try:
-        _, table = pyogrio.read_arrow(path, sql=query)
-    except GDAL_ERRORS as exc:
-        raise _unreadable(exc, path, blob) from None
-    row = table.to_pylist()[0] if table.num_rows else {}
-    lo, hi = row.get("lo"), row.get("hi")
-    return (None, None) if lo is None or hi is None else (int(lo), int(hi))
+    bounds = []
+    for agg in ("min", "max"):
+        query = f"SELECT {agg}({col}) AS v FROM {table}"  # noqa: S608 - quoted names
+        try:
+            _, result = pyogrio.read_arrow(path, sql=query, **IN_PLACE_OPEN_OPTIONS)
+        except GDAL_ERRORS as exc:
+            raise _unreadable(exc, path, blob) from None
+        value = result.to_pylist()[0].get("v") if result.num_rows else None
+        bounds.append(None if value is None else int(value))
+    return bounds[0], bounds[1]
 
 
 def _schema(path: str, layer: str, blob: str) -> tuple[pa.Schema, dict[str, Any]]:
     """The Arrow schema GDAL streams this layer with (no feature read)."""
     try:
-        with pyogrio.open_arrow(path, layer=layer, use_pyarrow=True, batch_size=1) as (meta, reader):
+        with pyogrio.open_arrow(path, layer=layer, use_pyarrow=True, batch_size=1, **IN_PLACE_OPEN_OPTIONS) as (
+            meta,
+            reader,
+        ):
             return reader.schema, meta
     except GDAL_ERRORS as exc:
         raise _unreadable(exc, path, blob) from None
@@ -109,7 +119,7 @@ def plan_slices(
         raise PermanentTaskError(f"file '{blob}' not found in container '{container}'")
     (layer,) = gpkg_layers(path, blob, conv.get("layer_name"))
     try:
-        info = pyogrio.read_info(path, layer=layer.layer)
+        info = pyogrio.read_info(path, layer=layer.layer, **IN_PLACE_OPEN_OPTIONS)
     except GDAL_ERRORS as exc:
         raise _unreadable(exc, path, blob) from None
     family = declared_family(info.get("geometry_type"))
@@ -184,6 +194,7 @@ def slice_source(params: dict[str, Any], store: BlobStore) -> Source:
                 offset=int(lo) - int(params.get("first_fid", lo)),
             )
         ],
+        open_options=dict(IN_PLACE_OPEN_OPTIONS),
         crs=(params.get("converter_params") or {}).get("crs"),
     )
 

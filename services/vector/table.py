@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from config import get_settings
 from core.errors import PermanentTaskError
 from services.vector import columns as C
 from services.vector.identifiers import GEOMETRY_COLUMN, ID_COLUMN, MAX_IDENTIFIER_BYTES
@@ -109,6 +110,8 @@ def create_indexes(
     """Indexes after the load (building GiST first doubles load time); IF NOT EXISTS makes re-runs harmless."""
     made = []
     target = qualified(schema, table)
+    memory = f"{int(get_settings().index_build_memory_mb)}MB"
+    conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", [memory])  # this transaction only
     plan: list[tuple[str, sql.Composable]] = []
     if spatial:
         plan.append(("geom_gist", sql.SQL("USING gist ({})").format(sql.Identifier(GEOMETRY_COLUMN))))
