@@ -1,7 +1,7 @@
 """Stage 3 handler: indexes + ANALYZE, then the table's STAC item upserted into pgstac.
 
-Everything runs in the task's transaction: the indexes, the statistics and the catalog entry
-commit together with the task, or not at all.
+The GiST index, the primary key, the statistics and the catalog entry commit with the task; the
+b-tree indexes are built meanwhile on a second connection (see create_indexes), idempotently.
 """
 
 from __future__ import annotations
@@ -144,11 +144,16 @@ def create_vector_stac(params: dict[str, Any], ctx: TaskContext) -> dict[str, An
     schema, table = params["schema"], params["table_name"]
     idx = params.get("indexes") or {}
     t0 = time.monotonic()
-    made = create_indexes(
-        ctx.conn, schema, table, bool(idx.get("spatial", True)), idx.get("attributes", []), idx.get("temporal", [])
+    made, (row_count, bbox) = create_indexes(
+        ctx.conn,
+        schema,
+        table,
+        bool(idx.get("spatial", True)),
+        idx.get("attributes", []),
+        idx.get("temporal", []),
+        meanwhile=lambda other: table_extent(other, schema, table),  # read while the GiST index builds
     )
     index_seconds = time.monotonic() - t0
-    row_count, bbox = table_extent(ctx.conn, schema, table)
     if bbox is None:
         raise ValueError(f"table {schema}.{table} is empty; nothing to catalog")
     period = temporal_range(ctx.conn, schema, table, idx.get("temporal", []))

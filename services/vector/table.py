@@ -7,6 +7,8 @@ table that run created, never a table somebody else made under the same name.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -14,6 +16,7 @@ from psycopg import sql
 
 from config import get_settings
 from core.errors import PermanentTaskError
+from infrastructure import database
 from services.vector import columns as C
 from services.vector.identifiers import GEOMETRY_COLUMN, ID_COLUMN, MAX_IDENTIFIER_BYTES
 
@@ -106,39 +109,73 @@ def index_name(table: str, suffix: str) -> str:
     return f"{table[: MAX_IDENTIFIER_BYTES - len(suffix) - 10]}_{digest}_{suffix}"[:MAX_IDENTIFIER_BYTES]
 
 
-def create_indexes(
-    conn: psycopg.Connection, schema: str, table: str, spatial: bool, attributes: list[str], temporal: list[str]
-) -> list[str]:
-    """Indexes after the load (building GiST first doubles load time); IF NOT EXISTS makes re-runs harmless."""
-    made = []
-    target = qualified(schema, table)
+def _set_index_memory(conn: psycopg.Connection) -> None:
     memory = f"{int(get_settings().index_build_memory_mb)}MB"
     conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", [memory])  # this transaction only
+
+
+def _btree_plan(table: str, attributes: list[str], temporal: list[str]) -> list[tuple[str, str, bool]]:
+    """(index name, column, unique) of the b-trees: the primary key's unique index first."""
+    plan = [(index_name(table, "pkey"), ID_COLUMN, True)]
+    plan += [(index_name(table, f"{col}_idx"), col, False) for col in attributes]
+    plan += [(index_name(table, f"{col}_tidx"), col, False) for col in temporal if col not in attributes]
+    return plan
+
+
+def create_indexes(
+    conn: psycopg.Connection,
+    schema: str,
+    table: str,
+    spatial: bool,
+    attributes: list[str],
+    temporal: list[str],
+    meanwhile: Callable[[psycopg.Connection], Any] | None = None,
+) -> tuple[list[str], Any]:
+    """Indexes after the load (building them during it doubles the load time), then ANALYZE.
+
+    The GiST build (the long one, single-threaded in PostgreSQL) runs in the caller's transaction while a
+    second connection builds the b-trees (the primary key's unique index, requested attribute indexes) and
+    runs `meanwhile` (a read, e.g. the extent); CREATE INDEX locks do not conflict with each other. Then the
+    unique index becomes the primary key and the table is analysed. Everything is idempotent, so a retried
+    task only redoes what did not commit. Returns the index names and what `meanwhile` returned.
+    """
+    target = qualified(schema, table)
+    _set_index_memory(conn)
+    btrees = _btree_plan(table, attributes, temporal)
+
+    def build_btrees() -> Any:
+        with database.connection() as other:
+            _set_index_memory(other)
+            for name, col, unique in btrees:
+                other.execute(
+                    sql.SQL("CREATE {} INDEX IF NOT EXISTS {} ON {} ({})").format(
+                        sql.SQL("UNIQUE" if unique else ""), sql.Identifier(name), target, sql.Identifier(col)
+                    )
+                )
+            return meanwhile(other) if meanwhile else None
+
+    made = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="btree-indexes") as helper:
+        side = helper.submit(build_btrees)
+        if spatial:
+            name = index_name(table, "geom_gist")
+            conn.execute(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gist ({})").format(
+                    sql.Identifier(name), target, sql.Identifier(GEOMETRY_COLUMN)
+                )
+            )
+            made.append(name)
+        result = side.result()  # its error, if any, is the task's
+    made += [name for name, _, _ in btrees]
+    key = btrees[0][0]
     has_key = conn.execute(
-        "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
-        [f"{sql.Identifier(schema).as_string(conn)}.{sql.Identifier(table).as_string(conn)}"],
+        "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'", [target.as_string(conn)]
     ).fetchone()
     if not has_key:
-        key = index_name(table, "pkey")
         conn.execute(
-            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
-                target, sql.Identifier(key), sql.Identifier(ID_COLUMN)
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}").format(
+                target, sql.Identifier(key), sql.Identifier(key)
             )
         )
-        made.append(key)
-    plan: list[tuple[str, sql.Composable]] = []
-    if spatial:
-        plan.append(("geom_gist", sql.SQL("USING gist ({})").format(sql.Identifier(GEOMETRY_COLUMN))))
-    for col in attributes:
-        plan.append((f"{col}_idx", sql.SQL("({})").format(sql.Identifier(col))))
-    for col in temporal:
-        if col not in attributes:
-            plan.append((f"{col}_tidx", sql.SQL("({})").format(sql.Identifier(col))))
-    for suffix, body in plan:
-        name = index_name(table, suffix)
-        conn.execute(
-            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} {}").format(sql.Identifier(name), target, body)
-        )
-        made.append(name)
     conn.execute(sql.SQL("ANALYZE {}").format(target))
-    return made
+    return made, result
