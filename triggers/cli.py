@@ -27,9 +27,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from infrastructure.memory import limit_allocator_growth
+    from infrastructure.memory import limit_allocator_growth, skip_dataframe_libraries
 
     limit_allocator_growth()
+    skip_dataframe_libraries()
     from triggers.worker import Worker
 
     Worker(concurrency=args.concurrency).run()

@@ -33,7 +33,7 @@ from services.vector.source import GDAL_ERRORS, LayerSource, Source, gpkg_layers
 GDAL_NETWORK_OPTIONS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_CHUNK_SIZE": str(128 * 1024),
-    "CPL_VSIL_CURL_CACHE_SIZE": str(64 * 1024**2),
+    "CPL_VSIL_CURL_CACHE_SIZE": str(16 * 1024**2),
     "CPL_VSIL_CURL_NON_CACHED": "/vsiaz/",
     "GDAL_PAM_ENABLED": "NO",  # no probing for .aux.xml side files
     "GDAL_HTTP_MAX_RETRY": "3",
