@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from config import get_settings
+from infrastructure.memory import release_free_memory
 
 CONTAINER_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 
@@ -154,6 +155,8 @@ class AzureBlobStore(BlobStore):
         downloader = blob.download_blob(max_concurrency=TRANSFER_STREAMS)
         with open(path, "wb") as f:
             downloader.readinto(f)
+        del downloader
+        release_free_memory()  # the streams' range buffers (~64 MB) would otherwise stay in the worker's heap
 
     def read_bytes(self, container: str, name: str) -> bytes:
         return bytes(self.client.get_blob_client(container, check_blob_name(name)).download_blob().readall())
