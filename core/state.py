@@ -83,11 +83,15 @@ def claim_task(conn: psycopg.Connection, task_id: str, run: int) -> TaskRecord |
     """Move a task to processing (again, after a crash) if its job is still running this run.
 
     A message from an earlier run of a re-run job (task ids repeat across runs) claims nothing.
+
+    The claim commits without waiting for its WAL flush (about 1.3 ms per task here): if the server
+    crashes before the flush, the claim is lost together with everything after it (the completion
+    commits durably and flushes it), so the task is simply claimed again when its message returns.
     """
     row = conn.execute(
         "UPDATE app.tasks t SET status = 'processing', attempts = t.attempts + 1,"
         " started_at = coalesce(t.started_at, now()), heartbeat_at = now(), updated_at = now()"
-        " FROM app.jobs j"
+        " FROM app.jobs j, (SELECT set_config('synchronous_commit', 'off', true)) AS no_flush_wait"
         " WHERE t.task_id = %s AND j.job_id = t.parent_job_id AND j.status IN ('queued', 'processing')"
         "   AND j.run = %s AND t.status IN ('queued', 'retrying', 'processing')"
         " RETURNING t.*",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,6 +31,26 @@ def _configure(conn: psycopg.Connection) -> None:
     conn.row_factory = dict_row  # type: ignore[assignment]
 
 
+RECENTLY_USED_SECONDS = 1.0
+_returned_at: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
+
+
+def _mark_returned(conn: psycopg.Connection) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+def _check(conn: psycopg.Connection) -> None:
+    """Probe a connection before handing it out, unless it came back from a user less than a second ago.
+
+    The probe is a round trip; every task takes a connection twice, so probing each time cost about an
+    eighth of a worker's time on short tasks. A connection that worked a moment ago is taken as good; one a
+    database restart broke since then fails its first statement, and the task is retried.
+    """
+    if time.monotonic() - _returned_at.get(conn, float("-inf")) < RECENTLY_USED_SECONDS:
+        return
+    ConnectionPool.check_connection(conn)
+
+
 def get_pool() -> ConnectionPool:
     """The process's pool, opened on first use (and again after a fork)."""
     global _pool, _pool_pid
@@ -44,7 +66,7 @@ def get_pool() -> ConnectionPool:
                 open=True,
                 name="geoetl",
                 timeout=5.0,
-                check=ConnectionPool.check_connection,  # survive database restarts
+                check=_check,  # survive database restarts
             )
             _pool_pid = os.getpid()
         return _pool
@@ -62,7 +84,10 @@ def close_pool() -> None:
 def connection() -> Iterator[psycopg.Connection]:
     """A pooled connection; the block's work is committed on success, rolled back on error."""
     with get_pool().connection() as conn:
-        yield conn
+        try:
+            yield conn
+        finally:
+            _mark_returned(conn)
 
 
 def connect(autocommit: bool = False) -> psycopg.Connection:
