@@ -99,12 +99,14 @@ CLIENT_OPTIONS: dict[str, Any] = {
     "retry_total": 3,
     "retry_backoff_max": 4,
     # Fewer, larger ranges: the SDK's 4 MiB default spends most of a big download in per-request
-    # overhead (a 330 MB file: 3.4 s at 4 MiB x 2 streams, 1.4 s at 16 MiB x 4, against Azurite).
+    # overhead (a 330 MB file: 3.4 s at 4 MiB x 2 streams, 1.2-1.9 s at 16 MiB x 2, 1.4 s at 16 MiB x 4,
+    # against Azurite). Two streams, because the ranges in flight count in the worker's memory: a
+    # GeoJSON ingest peaked at 400 MB with four, 340 MB with two.
     # Uploads keep the SDK's 4 MiB blocks (16 MiB uploaded a 330 MB file in 2.7 s instead of 3.4 s, but
     # upload time is the client's, and the block size made no measurable difference to range reads).
     "max_chunk_get_size": 16 * 1024**2,
 }
-TRANSFER_STREAMS = 4
+TRANSFER_STREAMS = 2
 
 
 class AzureBlobStore(BlobStore):
