@@ -22,7 +22,8 @@ Policies (the user-visible decisions):
   (and at most ~64 MB of geometry per chunk). A GeoPackage slice is chunk_size fids wide.
 - A GeoPackage layer declaring one geometry type (POLYGON, MULTIPOINT, ...) gets the Multi* column of it
   from the declaration; a feature of another type fails the job naming the layer (the GeoPackage
-  standard requires features of the declared type). A GEOMETRY layer is read whole, as any other file.
+  standard requires features of the declared type). A GEOMETRY layer (or a blob name holding a %XX escape,
+  which GDAL would decode) is read whole, as any other file.
   A GeoPackage replaced while its slices are read fails the job ("submit the job again").
 - Exactly-once load: each chunk's COPY runs in the transaction that completes its task; a duplicate
   delivery is rolled back by the CoreMachine, a killed worker's COPY never commits.

@@ -113,6 +113,16 @@ def test_generic_layer_takes_the_streaming_path_and_keeps_the_column_policy(db, 
     assert sorted(vf.geometry_checks(db, "geo", table)["types"]) == ["MULTILINESTRING", "MULTIPOLYGON"]
 
 
+def test_a_name_holding_a_percent_escape_is_downloaded_and_loaded_whole(db, drain, nonce):
+    """GDAL would open "a%20b" as "a b": such a GeoPackage takes the streaming path instead."""
+    blob = upload_gpkg(nonce, "odd%20name", vf.frame(30))
+    table = f"slicespct_{nonce}"
+    job = vf.run_ingest(drain, db, params(blob, table))
+    assert job["status"] == "completed", job["error_details"]
+    s = job["result_data"]["summary"]
+    assert s["read_in_place"] is False and s["total_rows_uploaded"] == 30
+
+
 def test_declared_multipolygon_layer_with_polygons_gives_multipolygon(db, drain, nonce):
     geoms = [box(i, 0, i + 0.5, 0.5) for i in range(50)]
     geoms += [MultiPolygon([box(i, 2, i + 0.5, 2.5), box(i, 3, i + 0.5, 3.5)]) for i in range(50)]

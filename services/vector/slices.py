@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import threading
 from typing import Any
 
@@ -46,6 +47,10 @@ GDAL_NETWORK_OPTIONS = {
 IN_PLACE_OPEN_OPTIONS = {"IMMUTABLE": "YES"}
 _configured: dict[str, str] = {}
 _configure_lock = threading.Lock()
+
+# A blob name holding a percent-escape ("a%20b.gpkg") reaches SQLite decoded, so GDAL cannot open it in
+# place; such files take the streaming path (downloaded first).
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 # Declared GeoPackage geometry types whose column type is known without reading a feature.
 _DECLARED_FAMILY = {
@@ -119,8 +124,10 @@ def _schema(path: str, layer: str, blob: str) -> tuple[pa.Schema, dict[str, Any]
 def plan_slices(
     params: dict[str, Any], store: BlobStore, max_columns: int
 ) -> tuple[dict[str, Any], ColumnNamer] | None:
-    """The slices of a one-layer GeoPackage with a declared geometry type; None when it has none."""
+    """The slices of a one-layer GeoPackage with a declared geometry type; None when it cannot be read that way."""
     blob, container = params["blob_name"], params["container_name"]
+    if _PERCENT_ESCAPE.search(blob):
+        return None
     conv = params.get("converter_params") or {}
     path = in_place(store, container, blob)
     version = store.blob_version(container, blob)
