@@ -134,14 +134,18 @@ class AzureBlobStore(BlobStore):
         except ResourceExistsError:
             pass
 
-    def blob_size(self, container: str, name: str) -> int | None:
+    def _properties(self, container: str, name: str) -> Any:
+        """The blob's properties, or None when it does not exist."""
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            props = self.client.get_blob_client(container, check_blob_name(name)).get_blob_properties()
+            return self.client.get_blob_client(container, check_blob_name(name)).get_blob_properties()
         except ResourceNotFoundError:
             return None
-        return int(props.size)
+
+    def blob_size(self, container: str, name: str) -> int | None:
+        props = self._properties(container, name)
+        return None if props is None else int(props.size)
 
     def upload_file(self, container: str, name: str, path: str | Path) -> None:
         with open(path, "rb") as f:
@@ -174,13 +178,8 @@ class AzureBlobStore(BlobStore):
         return {"AZURE_STORAGE_CONNECTION_STRING": self.connection_string}
 
     def blob_version(self, container: str, name: str) -> str | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            props = self.client.get_blob_client(container, check_blob_name(name)).get_blob_properties()
-        except ResourceNotFoundError:
-            return None
-        return str(props.etag)
+        props = self._properties(container, name)
+        return None if props is None else str(props.etag)
 
     def delete_prefix(self, container: str, prefix: str) -> int:
         cc = self.client.get_container_client(container)

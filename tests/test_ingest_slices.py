@@ -180,7 +180,7 @@ def test_a_file_replaced_after_planning_fails_the_slice_with_a_clear_message(non
     store = get_blob_store()
     blob = upload_gpkg(nonce, "replaced", vf.frame(50))
     p = {"blob_name": blob, "container_name": vf.source_container(), "file_extension": "gpkg"}
-    plan, _ = plan_slices(p, store, 1598)
+    plan, _ = plan_slices(p, store)
     keys = ("layer", "fid_column", "first_fid", "version")
     task = p | {k: plan[k] for k in keys} | {"fids": plan["chunks"][0]["fids"]}
     assert slice_source(task, store).layers[0].where == '"fid" >= 1 AND "fid" < 51'

@@ -33,6 +33,13 @@ MAX_CHUNKS = 10_000
 CHUNK_COMPRESSION = "snappy"
 
 
+def too_many_chunks(label: str, chunk_size: int) -> PermanentTaskError:
+    return PermanentTaskError(
+        f"{label}: chunk_size {chunk_size} would make more than {MAX_CHUNKS} chunks; "
+        "use a larger chunk_size (or leave it out for an automatic one)"
+    )
+
+
 def chunk_prefix(job_id: str, run: int) -> str:
     return f"{job_id}/r{run}/"
 
@@ -139,10 +146,7 @@ class ChunkWriter:
 
     def _write(self, table: pa.Table) -> None:
         if len(self.chunks) >= MAX_CHUNKS:
-            raise PermanentTaskError(
-                f"{self.label}: chunk_size {self.chunk_size} would make more than {MAX_CHUNKS} chunks; "
-                "use a larger chunk_size (or leave it out for an automatic one)"
-            )
+            raise too_many_chunks(self.label, self.chunk_size)
         meta = dict(table.schema.metadata or {}) | {b"geo": geo_metadata(self.families)}
         table = table.replace_schema_metadata(meta)
         name = f"{self.prefix}chunk_{len(self.chunks):05d}.parquet"

@@ -12,6 +12,8 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.errors import PermanentTaskError
+
 NULL = "null"  # a column with only nulls so far: any later type wins
 INTEGER, BIGINT, DOUBLE = "integer", "bigint", "double precision"
 BOOLEAN, DATE, TIMESTAMPTZ, TIME = "boolean", "date", "timestamp with time zone", "time"
@@ -126,3 +128,14 @@ def cast_to(col: pa.Array | pa.ChunkedArray, pg_type: str) -> pa.Array:
         if pg_type in (TEXT, JSONB):
             return _cast_via_python(col)
         raise
+
+
+MAX_ATTRIBUTE_COLUMNS = 1600 - 2  # PostgreSQL's limit per table, less id and geom
+
+
+def check_column_count(label: str, count: int) -> None:
+    if count > MAX_ATTRIBUTE_COLUMNS:
+        raise PermanentTaskError(
+            f"{label} has {count} attribute columns; a PostgreSQL table holds at most 1600 "
+            f"columns, so at most {MAX_ATTRIBUTE_COLUMNS} besides id and geom"
+        )

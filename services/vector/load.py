@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-from psycopg import sql
+from psycopg import Copy, sql
 
 from config import get_settings
 from core.errors import PermanentTaskError
@@ -38,7 +39,7 @@ COPY_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.
 
 
 class CopySink:
-    """One COPY (FORMAT BINARY) into schema.table, fed prepared Arrow tables (geom as WKB + attributes).
+    """Prepared Arrow tables (geom as WKB + attributes) into an open binary COPY; see copy_into.
 
     Each column is cast to the table's type; a column a table never saw (another KML layer's) is NULL.
     With `families`, a geometry of any other family is refused (a GeoPackage slice must hold what its
@@ -47,40 +48,17 @@ class CopySink:
 
     def __init__(
         self,
-        conn: psycopg.Connection,
-        schema: str,
-        table: str,
+        copy: Copy,
         columns: list[dict[str, str]],
-        families: list[str] | None = None,
-        label: str = "",
-        declared: str | None = None,
+        families: list[str] | None,
+        label: str,
+        declared: str | None,
     ) -> None:
-        self.conn, self.schema, self.table, self.columns = conn, schema, table, columns
+        self._copy, self.columns = copy, columns
         self.families, self.label, self.declared = families, label, declared
         self.known = {c["name"] for c in columns}
         self.stats = pgcopy.EncodeStats()
         self.rows = 0
-
-    def __enter__(self) -> CopySink:
-        names = [GEOMETRY_COLUMN] + [c["name"] for c in self.columns]
-        target = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-            qualified(self.schema, self.table), sql.SQL(", ").join(sql.Identifier(n) for n in names)
-        )
-        self._cursor = self.conn.cursor()
-        self._copy_cm = self._cursor.copy(target)
-        self._copy = self._copy_cm.__enter__()
-        self._copy.write(pgcopy.SIGNATURE)
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        try:
-            if kind is None:
-                self._copy.write(pgcopy.TRAILER)
-            self._copy_cm.__exit__(kind, exc, tb)
-        finally:
-            self._cursor.close()
 
     def add(self, table: pa.Table | pa.RecordBatch, families: set[str] | None = None) -> None:
         if self.families is not None and families:
@@ -103,6 +81,27 @@ class CopySink:
                 fields.append(pgcopy.encode_column(values, C.final_type(col["type"]), self.stats))
             self._copy.write(pgcopy.encode_rows(fields))
             self.rows += n
+
+
+@contextmanager
+def copy_into(
+    conn: psycopg.Connection,
+    schema: str,
+    table: str,
+    columns: list[dict[str, str]],
+    families: list[str] | None = None,
+    label: str = "",
+    declared: str | None = None,
+) -> Iterator[CopySink]:
+    """One COPY (FORMAT BINARY) into schema.table; it ends when the block ends (aborted if it raised)."""
+    names = [GEOMETRY_COLUMN] + [c["name"] for c in columns]
+    target = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        qualified(schema, table), sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    )
+    with conn.cursor() as cur, cur.copy(target) as copy:
+        copy.write(pgcopy.SIGNATURE)
+        yield CopySink(copy, columns, families, label, declared)
+        copy.write(pgcopy.TRAILER)
 
 
 def load_vector_chunk(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -134,7 +133,7 @@ def _load_prepared(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="geoetl-load-") as tmp:
         chunk = read_chunk(get_blob_store(), container, path, Path(tmp))
         try:
-            with CopySink(ctx.conn, params["schema"], params["table_name"], params["columns"], label=path) as sink:
+            with copy_into(ctx.conn, params["schema"], params["table_name"], params["columns"], label=path) as sink:
                 for batch in chunk.iter_batches(batch_size=LOAD_BATCH_ROWS):
                     sink.add(batch)
         finally:
@@ -150,7 +149,7 @@ def _load_slice(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     store = get_blob_store()
     src = slice_source(params, store)
     label = src.layers[0].label
-    with CopySink(
+    with copy_into(
         ctx.conn,
         params["schema"],
         params["table_name"],

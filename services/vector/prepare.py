@@ -42,7 +42,6 @@ from services.vector.source import (
 
 log = logging.getLogger(__name__)
 GDAL_BATCH_ROWS = 10_000  # peak RSS of a 1M-polygon prepare: 320 MB at 10k rows, 350 at 20k, ~450 at 50k; same speed
-MAX_ATTRIBUTE_COLUMNS = 1600 - 2  # PostgreSQL's limit per table, less id and geom
 
 
 class Sink(Protocol):
@@ -105,11 +104,7 @@ class SourceReader:
             self.types[clean] = C.merge_types(self.types.get(clean, C.NULL), C.pg_type_of(col.type))
             names.append(clean)
             arrays.append(col)
-        if len(self.namer.mapping) > MAX_ATTRIBUTE_COLUMNS:
-            raise PermanentTaskError(
-                f"{label} has {len(self.namer.mapping)} attribute columns; a PostgreSQL table holds at most 1600 "
-                f"columns, so at most {MAX_ATTRIBUTE_COLUMNS} besides id and geom"
-            )
+        C.check_column_count(label, len(self.namer.mapping))
         if not keep.any():
             return
         mask = pa.array(keep)
@@ -200,7 +195,7 @@ def prepare_vector_chunks(params: dict[str, Any], ctx: TaskContext) -> dict[str,
     GeoParquet chunks."""
     started = time.monotonic()
     if params["file_extension"] == "gpkg":
-        planned = plan_slices(params, get_blob_store(), MAX_ATTRIBUTE_COLUMNS)
+        planned = plan_slices(params, get_blob_store())
         if planned is not None:
             plan, namer = planned
             label = f"'{params['blob_name']}' layer '{plan['layer']}'"

@@ -22,7 +22,7 @@ import pyogrio
 from core.errors import PermanentTaskError
 from infrastructure.blob import BlobStore
 from services.vector import columns as C
-from services.vector.chunks import MAX_CHUNKS, auto_chunk_size
+from services.vector.chunks import MAX_CHUNKS, auto_chunk_size, too_many_chunks
 from services.vector.geometry import MULTI_TYPE, Reprojector, column_geometry_type
 from services.vector.identifiers import ColumnNamer
 from services.vector.source import GDAL_ERRORS, LayerSource, Source, gpkg_layers, scrub, sqlite_name
@@ -121,9 +121,7 @@ def _schema(path: str, layer: str, blob: str) -> tuple[pa.Schema, dict[str, Any]
         raise _unreadable(exc, path, blob) from None
 
 
-def plan_slices(
-    params: dict[str, Any], store: BlobStore, max_columns: int
-) -> tuple[dict[str, Any], ColumnNamer] | None:
+def plan_slices(params: dict[str, Any], store: BlobStore) -> tuple[dict[str, Any], ColumnNamer] | None:
     """The slices of a one-layer GeoPackage with a declared geometry type; None when it cannot be read that way."""
     blob, container = params["blob_name"], params["container_name"]
     if _PERCENT_ESCAPE.search(blob):
@@ -151,11 +149,7 @@ def plan_slices(
         stored = C.normalize(pa.array([], type=field.type)).type  # what each batch's column becomes
         pg_type = C.final_type(C.pg_type_of(stored))
         columns.append({"name": namer.name(field.name), "source_name": field.name, "type": pg_type})
-    if len(columns) > max_columns:
-        raise PermanentTaskError(
-            f"{layer.label} has {len(columns)} attribute columns; a PostgreSQL table holds at most 1600 "
-            f"columns, so at most {max_columns} besides id and geom"
-        )
+    C.check_column_count(layer.label, len(columns))
     crs = Reprojector(conv.get("crs") or meta.get("crs"), layer.label).description
     fid = info.get("fid_column") or "fid"
     lo, hi = _fid_bounds(path, str(layer.layer), fid, blob)
@@ -165,10 +159,7 @@ def plan_slices(
     chunk_size = params.get("chunk_size") or auto_chunk_size(count)
     k = max(1, math.ceil(count / chunk_size))
     if k > MAX_CHUNKS:
-        raise PermanentTaskError(
-            f"{layer.label}: chunk_size {chunk_size} would make more than {MAX_CHUNKS} chunks; "
-            "use a larger chunk_size (or leave it out for an automatic one)"
-        )
+        raise too_many_chunks(layer.label, chunk_size)
     span = hi - lo + 1
     cuts = [lo + span * i // k for i in range(k)] + [hi + 1]
     return {
