@@ -117,6 +117,10 @@ def test_malformed_and_empty_bodies(client):
     assert_error(client.post("/api/jobs/submit/hello_world", content=b"\xff\xfe"), 400, "invalid_json")
 
 
+def test_job_listing_filter_with_a_control_character_is_a_400(client):
+    assert_error(client.get("/api/jobs", params={"job_type": "hello\x00world"}), 400, "validation_error", "job_type")
+
+
 def test_status_errors(client):
     assert_error(client.get("/api/jobs/status/" + "0" * 64), 404, "not_found")
     assert_error(client.get("/api/jobs/status/not-a-job-id"), 400, "invalid_job_id")

@@ -302,7 +302,7 @@ def job_tasks(
 @router.get("/jobs", summary="List jobs, newest first", dependencies=[Depends(require_read_key)])
 def list_jobs(
     status: Literal["queued", "processing", "completed", "failed"] | None = None,
-    job_type: str | None = Query(None, max_length=100),
+    job_type: str | None = Query(None, max_length=100, pattern=r"^[^\x00-\x1f]*$"),  # PostgreSQL text holds no NUL
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=10_000_000),
 ) -> dict[str, Any]:
