@@ -171,7 +171,7 @@ class CoreMachine:
                 result = handler(task.parameters, ctx)
                 if not isinstance(result, dict):
                     raise TypeError(f"handler of {task.task_type} returned {type(result).__name__}, not a dict")
-                outcome = state.complete_task(conn, task.task_id, result)
+                outcome = state.complete_task(conn, task.task_id, result, self.queue.settles_in_transaction)
                 if outcome["outcome"] in ("duplicate", "missing", "job_finished"):
                     # Another delivery completed the task (or its job ended) while this one ran:
                     # its effects (rows loaded in this transaction) must not commit a second time.

@@ -60,6 +60,7 @@ def stage_results(conn: psycopg.Connection, job_id: str, stage: int) -> list[dic
 def insert_tasks(
     conn: psycopg.Connection, job: JobRecord, stage: int, tasks: Sequence[TaskDefinition]
 ) -> None:
+    """A stage's tasks, all at once, and its count of unfinished tasks that app.complete_task counts down."""
     with conn.cursor() as cur:
         with cur.copy(
             "COPY app.tasks (task_id, parent_job_id, job_type, task_type, stage, task_index, parameters)"
@@ -67,6 +68,7 @@ def insert_tasks(
         ) as copy:
             for i, t in enumerate(tasks):
                 copy.write_row([t.task_id, job.job_id, job.job_type, t.task_type, stage, i, Jsonb(t.parameters)])
+    conn.execute("UPDATE app.jobs SET stage_tasks_left = %s WHERE job_id = %s", [len(tasks), job.job_id])
 
 
 def mark_stage_started(conn: psycopg.Connection, job_id: str, stage: int) -> None:
@@ -110,8 +112,25 @@ def cancel_orphan_task(conn: psycopg.Connection, task_id: str) -> None:
     )
 
 
-def complete_task(conn: psycopg.Connection, task_id: str, result: dict[str, Any]) -> dict[str, Any]:
-    row = conn.execute("SELECT * FROM app.complete_task(%s, %s)", [task_id, Jsonb(result)]).fetchone()
+def complete_task(
+    conn: psycopg.Connection, task_id: str, result: dict[str, Any], flush_at_stage_end_only: bool = False
+) -> dict[str, Any]:
+    """Complete a task and, if it was its stage's last, advance the job (app.complete_task).
+
+    With `flush_at_stage_end_only`, a completion that does not end its stage commits without waiting
+    for its WAL flush. Only for a queue whose message is deleted in this same transaction: a server
+    crash before the flush then loses the task's effects, its completion and the message's deletion
+    together, so the message is delivered again and the task re-runs. The stage's last completion
+    commits durably, which flushes every earlier one (the WAL is written in order). Waiting for the
+    flush held the job row lock, which every completion of the job queues on, through the flush
+    (0.5-1.7 ms here). Set in the same statement: every round trip here is made holding that lock.
+    """
+    row = conn.execute(
+        "SELECT c.*, CASE WHEN %s AND c.outcome = 'task_completed'"
+        " THEN set_config('synchronous_commit', 'off', true) END AS no_flush_wait"
+        " FROM app.complete_task(%s, %s) AS c",
+        [flush_at_stage_end_only, task_id, Jsonb(result)],
+    ).fetchone()
     assert row is not None
     return dict(row)
 

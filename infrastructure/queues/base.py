@@ -33,6 +33,9 @@ class MessageQueue(ABC):
     """Send inside a database transaction (outbox), receive with a lock, settle explicitly."""
 
     backend: str
+    # True when complete(msg, conn) deletes the message in the caller's transaction, so the message
+    # and the effects of its handling commit (or are lost) together.
+    settles_in_transaction: bool = False
 
     @abstractmethod
     def send(self, conn: psycopg.Connection, queue: str, messages: Sequence[OutgoingMessage]) -> None:

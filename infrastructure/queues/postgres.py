@@ -41,6 +41,7 @@ RETURNING m.id, m.message_id, m.body, m.delivery_count, m.lock_token
 
 class PostgresQueue(MessageQueue):
     backend = "postgres"
+    settles_in_transaction = True
 
     def __init__(self, lock_seconds: float | None = None) -> None:
         self.lock_seconds = float(lock_seconds or get_settings().queue_lock_seconds)
