@@ -19,6 +19,7 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
 from core.errors import PermanentTaskError
+from services.vector import simple_rings
 
 POINT, LINE, POLYGON, COLLECTION = "point", "line", "polygon", "collection"
 # shapely type ids: 0 Point, 1 LineString, 2 LinearRing, 3 Polygon, 4-6 Multi*, 7 GeometryCollection
@@ -94,10 +95,8 @@ class Reprojector:
     def apply(self, geoms: np.ndarray, present: np.ndarray, offset: int) -> np.ndarray:
         if not present.any():
             return geoms
-        bounds = shapely.bounds(geoms[present])
-        self._check_magnitude(bounds, present, offset)
-        if self.transformer is None:  # declared or taken as EPSG:4326: the numbers must be degrees
-            self._check_lonlat(bounds, present, offset)
+        self.check(shapely.bounds(geoms[present]), present, offset)
+        if self.transformer is None:
             return geoms
         t = self.transformer
 
@@ -117,6 +116,17 @@ class Reprojector:
                 "or set converter_params.crs"
             )
         return out
+
+    @property
+    def identity(self) -> bool:
+        return self.transformer is None
+
+    def check(self, bounds: np.ndarray, present: np.ndarray, offset: int) -> None:
+        """Bounds of the present geometries: numbers any CRS can hold, and degrees where the source is
+        (declared or taken as) EPSG:4326."""
+        self._check_magnitude(bounds, present, offset)
+        if self.transformer is None:
+            self._check_lonlat(bounds, present, offset)
 
     def _first_bad(self, bad: np.ndarray, present: np.ndarray, offset: int) -> tuple[int, int]:
         i = int(np.flatnonzero(bad)[0])
@@ -314,6 +324,32 @@ def _promoted_wkb(wkb: pa.Array, keep: np.ndarray) -> pa.Array | None:
     return pc.binary_join_element_wise(header, wkb.cast(pa.binary()), pa.scalar(b"", pa.binary()))
 
 
+def _proven_without_geos(
+    wkb: Any, offset: int, reprojector: Reprojector, options: GeometryOptions, stats: GeometryStats
+) -> Prepared | None:
+    """A batch of small polygons without holes, all proven valid by simple_rings and needing no change
+    but the Multi* promotion, skips GEOS entirely; None sends the batch through GEOS."""
+    if options.simplify_tolerance or options.quantize_grid or not reprojector.identity:
+        return None
+    if isinstance(wkb, pa.ChunkedArray):
+        wkb = wkb.combine_chunks()
+    if not isinstance(wkb, pa.Array) or not (pa.types.is_binary(wkb.type) or pa.types.is_large_binary(wkb.type)):
+        return None
+    types = _plain_wkb_types(wkb)
+    if types is None or not len(types) or not np.isin(types, (3, 6)).all():
+        return None
+    proven, bounds = simple_rings.proven_valid(wkb, types)
+    if not proven.all():
+        return None
+    keep = np.ones(len(wkb), dtype=bool)
+    reprojector.check(bounds, keep, offset)
+    promoted = _promoted_wkb(wkb, keep)
+    if promoted is None:
+        return None
+    stats.families.add(POLYGON)
+    return Prepared(keep, promoted)
+
+
 def prepare_geometries(
     wkb: Any,
     offset: int,
@@ -326,8 +362,12 @@ def prepare_geometries(
 
     When nothing changes (no Z/M, no collection, no reprojection, simplify or quantize, all valid) the
     source's WKB is reused, promoted to Multi* at the byte level: decoding is still needed for the checks,
-    but the rebuild and re-encoding are not.
+    but the rebuild and re-encoding are not; small polygons without holes are not even decoded when
+    simple_rings proves them all valid.
     """
+    proven = _proven_without_geos(wkb, offset, reprojector, options, stats)
+    if proven is not None:
+        return proven
     raw = wkb.to_numpy(zero_copy_only=False) if hasattr(wkb, "to_numpy") else np.asarray(wkb, dtype=object)
     try:
         geoms = shapely.from_wkb(raw)
