@@ -291,10 +291,12 @@ its run. Every table ends with a GiST index on its geometry.
   (import time included); GeoAlchemy2 creates the GiST index with the table. The whole file is
   in memory, so it is not run above 2M rows.
 - **(d) geoetl**: `POST /api/jobs/ingest_vector`, then `GET /api/jobs/status/{id}` every 0.2 s
-  until `completed`, with the two workers of the local stack. It does more than the others:
-  streams the file from blob storage, validates and repairs geometries, promotes to Multi*,
-  writes GeoParquet chunks, loads them with parallel binary COPY, builds the GiST index,
-  ANALYZEs and writes a STAC item. The upload to blob storage is timed separately.
+  until `completed`, with the two workers of the local stack. It does more than the others: it
+  reads the file from blob storage (a GeoPackage in place, by fid ranges, one slice per load
+  task; CSV and GeoJSON downloaded, streamed and cut into GeoParquet chunks), checks every
+  geometry's validity and repairs the invalid ones, promotes to Multi*, loads with parallel
+  binary COPY, builds the GiST index, ANALYZEs and writes a STAC item. The upload to blob
+  storage is timed separately.
 - CSV: every contender is told the point columns (`lat`, `lon`) and EPSG:4326; the ogr2ogr and
   geopandas runs use GDAL's `X_POSSIBLE_NAMES`, `Y_POSSIBLE_NAMES` and `AUTODETECT_TYPE=YES`.
 - Peak RSS counts the client side only; the PostgreSQL server's memory (shared by every

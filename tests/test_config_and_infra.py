@@ -185,6 +185,50 @@ def test_servicebus_outbox_relays_sdk_messages(db, nonce):
     assert len(client.sent) == len(sent)  # relayed once
 
 
+class RecordingReceiver:
+    """Stands in for a Service Bus receiver: records, at the moment of each settlement, what another
+    database connection sees of the message's task."""
+
+    def __init__(self, look):
+        self.look, self.settled = look, []
+
+    def complete_message(self, message):
+        self.settled.append(("complete", self.look()))
+
+    def abandon_message(self, message):
+        self.settled.append(("abandon", self.look()))
+
+
+def test_servicebus_message_is_acknowledged_after_its_completion_commits(db, drain, nonce):
+    """Acknowledged inside the transaction, a commit that then failed would lose both the message and
+    the task's effects; the worker acknowledges a Service Bus message once its transaction committed."""
+    from infrastructure.queues import ReceivedMessage
+    from infrastructure.queues.servicebus import ServiceBusQueue
+    from tests.helpers import submit
+    from triggers.worker import Worker
+
+    job_id = submit("hello_world", {"n": 1, "message": nonce})
+    local = Worker(concurrency=1)
+    local.handle(local.receive_one())  # fan-out through the postgres queue: one task and its message
+    task_msg = local.receive_one()
+    task_id = task_msg.body["task_id"]
+    assert task_msg.body["parent_job_id"] == job_id
+
+    def task_status():
+        return db.execute("SELECT status FROM app.tasks WHERE task_id = %s", [task_id]).fetchone()["status"]
+
+    receiver = RecordingReceiver(task_status)
+    bus = ServiceBusQueue(client=RecordingClient())
+    worker = Worker(concurrency=1)
+    worker.queue = worker.machine.queue = bus
+    received = ReceivedMessage(worker.settings.tasks_queue, task_msg.message_id, task_msg.body, 1, "token",
+                               handle=(receiver, object()))
+    assert worker.handle(received) == "stage_completed"
+    assert receiver.settled == [("complete", "completed")]  # the completion was visible to others first
+    local.queue.complete(task_msg)
+    db.execute("UPDATE app.jobs SET status = 'failed' WHERE job_id = %s", [job_id])  # stage 2 went to the stub
+
+
 # --- janitor
 def test_janitor_fails_stuck_jobs_and_finishes_cleanups(db, machine, nonce, monkeypatch):
     from core.janitor import Janitor

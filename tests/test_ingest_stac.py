@@ -116,3 +116,23 @@ def test_failure_cleanup_removes_only_its_own_stac_item(db, drain, nonce):
     with database.connection() as conn:
         assert delete_owned_item(conn, "geo", table, job["job_id"]) is True
     assert item() is None
+
+
+def test_catalog_writes_to_one_collection_take_turns(database):
+    """Two jobs' stage-3 transactions never write one collection's items at the same time."""
+    import psycopg
+    import pytest
+
+    from services.vector.stac import lock_collection
+
+    with psycopg.connect(database) as holder, psycopg.connect(database) as other:
+        lock_collection(holder, "system-vectors")
+        other.execute("SET lock_timeout = '300ms'")
+        lock_collection(other, "another-collection")  # another collection: no wait
+        other.rollback()
+        other.execute("SET lock_timeout = '300ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            lock_collection(other, "system-vectors")
+        other.rollback()
+        holder.commit()  # the lock ends with the transaction
+        lock_collection(other, "system-vectors")

@@ -49,9 +49,13 @@ class Worker:
         settled = False
 
         def settle(conn: Any) -> None:
+            """Delete the message in the transaction of its effects where the queue lives in the
+            database; elsewhere (Service Bus) it is acknowledged below, once that transaction has
+            committed: acknowledged first, a failed commit would lose the message and its effects."""
             nonlocal settled
-            self.queue.complete(msg, conn)
-            settled = True
+            if self.queue.settles_in_transaction:
+                self.queue.complete(msg, conn)
+                settled = True
 
         try:
             if msg.delivery_count > self.settings.queue_max_delivery_count:
