@@ -171,15 +171,16 @@ class CoreMachine:
                 result = handler(task.parameters, ctx)
                 if not isinstance(result, dict):
                     raise TypeError(f"handler of {task.task_type} returned {type(result).__name__}, not a dict")
+                settle(conn)  # before complete_task takes the job row lock: one round trip less under it
                 outcome = state.complete_task(conn, task.task_id, result, self.queue.settles_in_transaction)
                 if outcome["outcome"] in ("duplicate", "missing", "job_finished"):
                     # Another delivery completed the task (or its job ended) while this one ran:
                     # its effects (rows loaded in this transaction) must not commit a second time.
                     conn.rollback()
                     state.cancel_orphan_task(conn, task.task_id)
+                    settle(conn)  # the rollback took the first one back
                 if outcome["outcome"] == "stage_completed":
                     self._after_stage_sql(conn, outcome, after)
-                settle(conn)
             result_name = str(outcome["outcome"])
         except Exception as exc:  # noqa: BLE001 - any handler error is the task's failure, classified below
             result_name = self._task_failed(task, exc, settle, after)
