@@ -14,13 +14,17 @@ from __future__ import annotations
 import json
 import logging
 
-import azure.functions as func
+from infrastructure.memory import limit_allocator_growth
 
-from config import get_settings
-from core.janitor import Janitor
-from core.machine import CoreMachine
-from core.models import JobQueueMessage, TaskQueueMessage
-from triggers.app import create_app
+limit_allocator_growth()  # before anything below imports pyarrow: Arrow's pool is chosen when it loads
+
+import azure.functions as func  # noqa: E402
+
+from config import get_settings  # noqa: E402
+from core.janitor import Janitor  # noqa: E402
+from core.machine import CoreMachine  # noqa: E402
+from core.models import JobQueueMessage, TaskQueueMessage  # noqa: E402
+from triggers.app import create_app  # noqa: E402
 
 settings = get_settings()
 log = logging.getLogger("geoetl.functions")

@@ -275,3 +275,20 @@ def test_janitor_vacuums_the_queue_table_once_dead_rows_pile_up(db, machine):
     report = Janitor(machine).run_once()
     assert report["ran"] and "queue_messages" in report["tables_vacuumed"], report
     assert dead() < VACUUM_DEAD_ROWS
+
+
+# --- allocator
+@pytest.mark.parametrize("start", [
+    "from infrastructure.memory import limit_allocator_growth; limit_allocator_growth()",  # geoetl worker
+    "import function_app",  # the Functions host
+])
+def test_worker_processes_give_arrow_the_system_allocator(start):
+    """Arrow's C++ default pool is fixed when pyarrow loads: worker processes must choose it first, or
+    freed batches stay resident in mimalloc's region between jobs."""
+    import subprocess
+    import sys
+
+    code = f"{start}\nimport pyarrow as pa\nprint(pa.default_memory_pool().backend_name)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "system", out.stderr[-2000:]
