@@ -172,6 +172,7 @@ def run_geoetl(ds: Dataset, blob: str, table: str, timeout: float = 7200, keep: 
 def versions() -> dict[str, str]:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                          check=False).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True, check=False).stdout.strip()
+    # the report and raw results a previous section of the same session just wrote are not code
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!BENCHMARKS.md",
+                            ":!bench/results"], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
     return {"geoetl": (rev or "?") + ("+uncommitted" if dirty else "")}
