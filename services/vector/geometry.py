@@ -308,20 +308,31 @@ def _plain_wkb_types(wkb: pa.Array) -> np.ndarray | None:
     return types if ((types >= 1) & (types <= 6)).all() else None
 
 
-def _promoted_wkb(wkb: pa.Array, keep: np.ndarray) -> pa.Array | None:
-    """The source's own WKB of the kept rows, single parts wrapped into Multi* at the byte level; None when
-    a value is not plain little-endian 2D WKB (the caller then writes shapely's WKB)."""
+def _binary(wkb: Any) -> pa.Array | None:
+    """The batch's WKB as one Arrow binary array, or None when it is not one (a numpy array of bytes)."""
     if isinstance(wkb, pa.ChunkedArray):
         wkb = wkb.combine_chunks()
     if not isinstance(wkb, pa.Array) or not (pa.types.is_binary(wkb.type) or pa.types.is_large_binary(wkb.type)):
         return None
+    return wkb
+
+
+def _wrapped_in_multi(wkb: pa.Array, types: np.ndarray) -> pa.Array:
+    """Plain WKB values of these type codes with each single part wrapped into its Multi*."""
+    header = _MULTI_HEADER.take(pa.array(types))
+    return pc.binary_join_element_wise(header, wkb.cast(pa.binary()), pa.scalar(b"", pa.binary()))
+
+
+def _promoted_wkb(wkb: Any, keep: np.ndarray) -> pa.Array | None:
+    """The source's own WKB of the kept rows, single parts wrapped into Multi* at the byte level; None when
+    a value is not plain little-endian 2D WKB (the caller then writes shapely's WKB)."""
+    wkb = _binary(wkb)
+    if wkb is None:
+        return None
     if not keep.all():
         wkb = wkb.filter(pa.array(keep))
     types = _plain_wkb_types(wkb)
-    if types is None:
-        return None
-    header = _MULTI_HEADER.take(pa.array(types))
-    return pc.binary_join_element_wise(header, wkb.cast(pa.binary()), pa.scalar(b"", pa.binary()))
+    return None if types is None else _wrapped_in_multi(wkb, types)
 
 
 def _proven_without_geos(
@@ -331,11 +342,8 @@ def _proven_without_geos(
     but the Multi* promotion, skips GEOS entirely; None sends the batch through GEOS."""
     if options.simplify_tolerance or options.quantize_grid or not reprojector.identity:
         return None
-    if isinstance(wkb, pa.ChunkedArray):
-        wkb = wkb.combine_chunks()
-    if not isinstance(wkb, pa.Array) or not (pa.types.is_binary(wkb.type) or pa.types.is_large_binary(wkb.type)):
-        return None
-    types = _plain_wkb_types(wkb)
+    wkb = _binary(wkb)
+    types = None if wkb is None else _plain_wkb_types(wkb)
     if types is None or not len(types) or not np.isin(types, (3, 6)).all():
         return None
     proven, bounds = simple_rings.proven_valid(wkb, types)
@@ -343,11 +351,8 @@ def _proven_without_geos(
         return None
     keep = np.ones(len(wkb), dtype=bool)
     reprojector.check(bounds, keep, offset)
-    promoted = _promoted_wkb(wkb, keep)
-    if promoted is None:
-        return None
     stats.families.add(POLYGON)
-    return Prepared(keep, promoted)
+    return Prepared(keep, _wrapped_in_multi(wkb, types))
 
 
 def prepare_geometries(

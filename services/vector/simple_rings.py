@@ -69,23 +69,25 @@ def _sign(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return np.where(certain, np.sign(det), 0.0)
 
 
-def _convex(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+def _turns(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Sign of the turn from each edge (vectors as (segments, k) arrays) to the next, 0 if uncertain."""
+    return _sign(dx * np.roll(dy, -1, axis=0), dy * np.roll(dx, -1, axis=0))
+
+
+def _convex(dx: np.ndarray, dy: np.ndarray, turn: np.ndarray) -> np.ndarray:
     """Rings (edge vectors as (segments, k) arrays) that turn the same way at every vertex and wind
     once: such a ring is a convex polygon's boundary, hence simple. Winding once shows as the edges'
     direction crossing the horizontal exactly twice (a pentagram's crosses it four times)."""
-    turn = _sign(dx * np.roll(dy, -1, axis=0), dy * np.roll(dx, -1, axis=0))
     one_way = (turn != 0).all(axis=0) & (turn == turn[0]).all(axis=0)
     up = np.sign(dy)
     up = np.where(up == 0, np.roll(up, -1, axis=0), up)  # a horizontal edge sits between two that are not
     return one_way & ((up != np.roll(up, 1, axis=0)).sum(axis=0) == 2)
 
 
-def _no_crossings(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _no_crossings(x: np.ndarray, y: np.ndarray, dx: np.ndarray, dy: np.ndarray, turn: np.ndarray) -> np.ndarray:
     """Rings ((points, k) arrays) in which no two segments meet except neighbours at their shared
     point, and neighbours never fold back along one line: every pair of segments is tested."""
     ax, ay, bx, by = x[:-1], y[:-1], x[1:], y[1:]
-    dx, dy = bx - ax, by - ay
-    turns = _sign(dx * np.roll(dy, -1, axis=0), dy * np.roll(dx, -1, axis=0)) != 0
     i, j = _pairs(len(dx))
     lox, hix, loy, hiy = np.minimum(ax, bx), np.maximum(ax, bx), np.minimum(ay, by), np.maximum(ay, by)
     apart = (hix[i] < lox[j]) | (hix[j] < lox[i]) | (hiy[i] < loy[j]) | (hiy[j] < loy[i])
@@ -96,15 +98,17 @@ def _no_crossings(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     o1, o2 = side(i, ax[j], ay[j]), side(i, bx[j], by[j])
     o3, o4 = side(j, ax[i], ay[i]), side(j, bx[i], by[i])
     one_side = ((o1 != 0) & (o1 == o2)) | ((o3 != 0) & (o3 == o4))
-    return turns.all(axis=0) & (apart | one_side).all(axis=0)
+    return (turn != 0).all(axis=0) & (apart | one_side).all(axis=0)
 
 
 def _simple_rings(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Which closed rings ((points, k) arrays) are certainly simple; the cheap convex test first."""
-    simple = _convex(np.diff(x, axis=0), np.diff(y, axis=0))
+    dx, dy = np.diff(x, axis=0), np.diff(y, axis=0)
+    turn = _turns(dx, dy)
+    simple = _convex(dx, dy, turn)
     rest = np.flatnonzero(~simple)
     if len(rest):
-        simple[rest] = _no_crossings(x[:, rest], y[:, rest])
+        simple[rest] = _no_crossings(x[:, rest], y[:, rest], dx[:, rest], dy[:, rest], turn[:, rest])
     return simple
 
 
