@@ -11,6 +11,7 @@ import random
 import time
 
 import pytest
+from psycopg import sql
 
 from tests import vector_files as vf
 from tests.helpers import submit
@@ -78,7 +79,7 @@ def test_sigkilled_workers_during_a_100_chunk_ingest(db, workers, nonce):
     assert len(kills) >= MIN_KILLS and all(stage in (1, 2) for stage, _ in kills), kills
     # every source row exactly once: no loss, no duplicate
     assert count(db, table) == {"n": ROWS, "d": ROWS}
-    total = db.execute(f"SELECT sum(n) AS s FROM geo.{table}").fetchone()["s"]
+    total = db.execute(sql.SQL("SELECT sum(n) AS s FROM {}").format(sql.Identifier("geo", table))).fetchone()["s"]
     assert total == ROWS * (ROWS - 1) // 2
     summary = job["result_data"]["summary"]
     assert summary["total_rows_uploaded"] == ROWS and summary["data_complete"] is True
