@@ -41,7 +41,7 @@ TEST_ENV = {
     "JANITOR_INTERVAL_SECONDS": "2",
     "TASK_RETRY_BACKOFF_SECONDS": "0.05",
     "TASK_MAX_RETRIES": "3",
-    "PUBLIC_BASE_URL": "http://127.0.0.1:7171",
+    "PUBLIC_BASE_URL": f"http://127.0.0.1:{os.environ.get('GEOETL_TEST_API_PORT', '7171')}",
     "API_KEYS": "",
     "GEOETL_LOCAL_SETTINGS": str(ROOT / ".run" / "no-local-settings.json"),
     "LOG_LEVEL": "INFO",

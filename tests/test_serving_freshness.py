@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -116,7 +117,7 @@ def test_ingest_then_query_at_once(db, drain, database: str, nonce: str, api_ser
         assert r.status_code == 200 and r.json()["numberMatched"] == 600
         # the result's links point at routes that answer (PUBLIC_BASE_URL is the test API's)
         for key in ("ogc_features_url", "viewer_url"):
-            url = result[key].replace("http://127.0.0.1:7171/api", api_server)
+            url = result[key].replace(os.environ["PUBLIC_BASE_URL"] + "/api", api_server)
             got = requests.get(url, timeout=30)
             assert got.status_code == 200, (key, url, got.status_code)
         page = requests.get(f"{api_server}/vector/viewer", params={"collection": table}, timeout=30)
