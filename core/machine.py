@@ -234,26 +234,45 @@ class CoreMachine:
         self.queue.discard_pending(conn, self.settings.tasks_queue, job_id)
         return True
 
-    def fail_poison_message(self, body: dict[str, Any], delivery_count: int, settle: Settle = _no_settle) -> None:
-        """A message delivered too often (its worker keeps dying): fail its task and job instead of looping."""
+    def fail_poison_message(self, body: dict[str, Any], delivery_count: int, settle: Settle = _no_settle) -> str:
+        """The queue's last allowed delivery of a message whose handling never finished (its worker keeps
+        dying): fail its task and job now, instead of letting the queue dead-letter it and the job wait
+        for the janitor. A stale copy (its task or stage already done, or an earlier run's) changes nothing."""
         after = AfterCommit()
-        reason = (
-            f"the message was delivered {delivery_count} times without completing; "
-            "the worker handling it probably crashed each time (out of memory, killed)"
-        )
+        task_id = body.get("task_id")
         job_id = body.get("parent_job_id") or body.get("job_id")
+        reason = (
+            f"the {'task' if task_id else 'stage'} message was delivered {delivery_count} times, the most the "
+            "queue allows (QUEUE_MAX_DELIVERY_COUNT), and its handling never finished: the worker handling it "
+            "probably crashed or was stopped each time (out of memory, killed, timed out); "
+            "fix the cause and submit the job again"
+        )
+        details = {
+            "error": reason,
+            "task_id": task_id,
+            "task_type": body.get("task_type"),
+            "stage": body.get("stage"),
+            "delivery_count": delivery_count,
+            "phase": "running the task" if task_id else "creating the stage's tasks",
+        }
+        outcome = "poison_ignored"
         with database.connection() as conn:
+            job = state.get_job(conn, job_id, lock=True) if job_id else None
             task = None
-            if body.get("task_id"):
-                row = conn.execute("SELECT * FROM app.tasks WHERE task_id = %s", [body["task_id"]]).fetchone()
+            if task_id:
+                row = conn.execute("SELECT * FROM app.tasks WHERE task_id = %s", [task_id]).fetchone()
                 task = TaskRecord.model_validate(row) if row else None
-            details = {"error": reason, "task_id": body.get("task_id"), "stage": body.get("stage")}
-            if job_id and self.fail_job(conn, task, job_id, details):
-                job = state.get_job(conn, job_id)
-                if job is not None:
-                    after.cleanups.append((job, True))
+            current = job is not None and job.run == body.get("run", 1) and (
+                task.status in ("queued", "retrying", "processing") if task is not None
+                else not task_id and job.stage == body.get("stage")
+                and not state.stage_has_tasks(conn, job.job_id, job.stage)
+            )
+            if current and job is not None and self.fail_job(conn, task, job.job_id, details):
+                after.cleanups.append((job, True))
+                outcome = "poisoned"
             settle(conn)
         self._after_commit(after)
+        return outcome
 
     # ------------------------------------------------------------------ stage completion
     def _after_stage_sql(self, conn: psycopg.Connection, outcome: dict[str, Any], after: AfterCommit) -> None:

@@ -1,4 +1,7 @@
-"""The postgres queue keeps Service Bus peek-lock semantics."""
+"""What only the postgres queue does: settle in the caller's transaction, FIFO, LISTEN/NOTIFY.
+
+The semantics both backends share are tested in tests/test_queue_semantics.py.
+"""
 
 from __future__ import annotations
 
@@ -27,59 +30,6 @@ def database_conn():
 def send(queue, name, *ids, delay=0.0):
     with database.connection() as conn:
         queue.send(conn, name, [OutgoingMessage(i, {"id": i}, delay) for i in ids])
-
-
-def test_receive_locks_message_until_settled(q):
-    queue, name = q
-    send(queue, name, "a")
-    first = queue.receive(name)
-    assert [m.message_id for m in first] == ["a"] and first[0].delivery_count == 1
-    assert queue.receive(name) == []  # locked: invisible to other consumers
-    queue.complete(first[0])
-    time.sleep(1.2)
-    assert queue.receive(name) == []  # completed: gone for good
-
-
-def test_expired_lock_redelivers_with_higher_count(q):
-    queue, name = q
-    send(queue, name, "a")
-    (m1,) = queue.receive(name)
-    time.sleep(1.2)
-    (m2,) = queue.receive(name)
-    assert m2.message_id == "a" and m2.delivery_count == 2
-    queue.complete(m1)  # the first consumer lost its lock: its settle must not remove the message
-    assert queue.renew_lock(m2) is True
-    assert queue.renew_lock(m1) is False
-    queue.complete(m2)
-
-
-def test_send_is_transactional_and_deduplicated(q):
-    queue, name = q
-    with database.connection() as conn:
-        queue.send(conn, name, [OutgoingMessage("x", {})])
-        conn.rollback()
-    assert queue.receive(name) == []
-    send(queue, name, "y")
-    send(queue, name, "y")  # same message id: duplicate detection
-    got = queue.receive(name, max_messages=10)
-    assert [m.message_id for m in got] == ["y"]
-
-
-def test_abandon_with_delay_and_dead_letter(q):
-    queue, name = q
-    send(queue, name, "a")
-    (m,) = queue.receive(name)
-    queue.abandon(m, delay_seconds=0.5)
-    assert queue.receive(name) == []
-    time.sleep(0.6)
-    (m,) = queue.receive(name)
-    queue.dead_letter(m, "poison")
-    time.sleep(1.2)
-    assert queue.receive(name) == []
-    with database.connection() as conn:
-        row = conn.execute(
-            "SELECT dead_letter_reason FROM app.queue_messages WHERE queue = %s", [name]).fetchone()
-    assert row["dead_letter_reason"] == "poison"
 
 
 def test_complete_in_rolled_back_transaction_keeps_message(q):
@@ -115,12 +65,3 @@ def test_listen_notify_wakes_waiter(q):
     queue.wait(5.0)
     assert time.monotonic() - t0 < 2.0
     queue.close()
-
-
-def test_release_gives_back_without_counting_a_delivery(q):
-    queue, name = q
-    send(queue, name, "a")
-    (m,) = queue.receive(name)
-    queue.release(m)
-    (again,) = queue.receive(name)
-    assert again.message_id == "a" and again.delivery_count == 1

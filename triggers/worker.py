@@ -22,6 +22,7 @@ from core.machine import CoreMachine
 from core.models import JobQueueMessage, TaskQueueMessage
 from infrastructure import database
 from infrastructure.queues import MessageQueue, ReceivedMessage, get_queue
+from infrastructure.queues.base import redelivery_delay
 from services.context import must_wait, slot_busy
 
 log = logging.getLogger("geoetl.worker")
@@ -29,11 +30,13 @@ PREFETCH_BUDGET = 0.2  # seconds of expected work a consumer takes per receive
 
 
 class Worker:
-    def __init__(self, concurrency: int | None = None, machine: CoreMachine | None = None) -> None:
+    def __init__(
+        self, concurrency: int | None = None, machine: CoreMachine | None = None, queue: MessageQueue | None = None
+    ) -> None:
         self.settings = get_settings()
         self.concurrency = max(1, concurrency or self.settings.worker_concurrency)
         database.reserve_capacity(self.concurrency * 2 + 3)  # handler + settle, renewal, janitor, receive
-        self.queue: MessageQueue = get_queue()
+        self.queue: MessageQueue = queue or (machine.queue if machine else get_queue())
         self.machine = machine or CoreMachine(queue=self.queue)
         self.stopping = threading.Event()
         self._inflight: dict[int, ReceivedMessage] = {}
@@ -58,10 +61,12 @@ class Worker:
                 settled = True
 
         try:
-            if msg.delivery_count > self.settings.queue_max_delivery_count:
-                self.machine.fail_poison_message(msg.body, msg.delivery_count, settle)
-                self.queue.dead_letter(msg, f"delivered {msg.delivery_count} times")
-                return "dead_lettered"
+            if msg.delivery_count >= self.settings.queue_max_delivery_count:
+                # the queue's last allowed delivery: fail the job (not the queue's dead-letter, which no job sees)
+                outcome = self.machine.fail_poison_message(msg.body, msg.delivery_count, settle)
+                if not settled:
+                    self.queue.complete(msg)
+                return outcome
             if msg.queue == self.settings.jobs_queue:
                 outcome = self.machine.process_job_message(JobQueueMessage.model_validate(msg.body), settle)
             else:
@@ -75,7 +80,7 @@ class Worker:
             return "malformed"
         except Exception:
             log.exception("message %s failed; it will be redelivered", msg.message_id)
-            delay = min(60.0, 2.0 ** min(msg.delivery_count, 6))
+            delay = redelivery_delay(msg.delivery_count)
             try:
                 self.queue.abandon(msg, delay)
             except Exception:

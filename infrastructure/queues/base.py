@@ -10,6 +10,13 @@ from typing import Any
 import psycopg
 
 
+def redelivery_delay(deliveries: int) -> float:
+    """Backoff before a message whose handling failed outside any task retry (database unreachable,
+    a stage that could not start) is delivered again: 2, 4, 8 ... 60 seconds, so a short outage does
+    not use up the queue's deliveries in seconds."""
+    return min(60.0, 2.0 ** min(max(deliveries, 1), 6))
+
+
 @dataclass
 class ReceivedMessage:
     """A locked message. Settle it with complete, abandon or dead_letter before the lock expires."""

@@ -21,30 +21,37 @@ from infrastructure.queues.base import MessageQueue, OutgoingMessage, ReceivedMe
 log = logging.getLogger(__name__)
 CHANNEL = "geoetl_queue"
 
+# A message whose last allowed delivery ended without completion (lock expired, abandoned) is
+# dead-lettered instead of delivered again, as Service Bus does past MaxDeliveryCount.
 _RECEIVE = """
 WITH next AS (
-    SELECT id FROM app.queue_messages
+    SELECT id, delivery_count >= %(max)s AS exhausted FROM app.queue_messages
      WHERE queue = %(queue)s AND visible_at <= clock_timestamp() AND dead_lettered_at IS NULL
      ORDER BY visible_at, id
      LIMIT %(n)s
      FOR UPDATE SKIP LOCKED
 )
 UPDATE app.queue_messages m
-   SET visible_at = clock_timestamp() + make_interval(secs => %(lock)s),
-       delivery_count = m.delivery_count + 1,
-       lock_token = gen_random_uuid()
+   SET visible_at = CASE WHEN next.exhausted THEN m.visible_at
+                         ELSE clock_timestamp() + make_interval(secs => %(lock)s) END,
+       delivery_count = m.delivery_count + CASE WHEN next.exhausted THEN 0 ELSE 1 END,
+       lock_token = CASE WHEN next.exhausted THEN NULL ELSE gen_random_uuid() END,
+       dead_lettered_at = CASE WHEN next.exhausted THEN now() END,
+       dead_letter_reason = CASE WHEN next.exhausted THEN %(reason)s END
   FROM next
  WHERE m.id = next.id
-RETURNING m.id, m.message_id, m.body, m.delivery_count, m.lock_token
+RETURNING m.id, m.message_id, m.body, m.delivery_count, m.lock_token, next.exhausted
 """
+MAX_DELIVERY_REASON = "MaxDeliveryCountExceeded"
 
 
 class PostgresQueue(MessageQueue):
     backend = "postgres"
     settles_in_transaction = True
 
-    def __init__(self, lock_seconds: float | None = None) -> None:
+    def __init__(self, lock_seconds: float | None = None, max_delivery_count: int | None = None) -> None:
         self.lock_seconds = float(lock_seconds or get_settings().queue_lock_seconds)
+        self.max_delivery_count = int(max_delivery_count or get_settings().queue_max_delivery_count)
         self._wake = threading.Event()
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
@@ -76,10 +83,17 @@ class PostgresQueue(MessageQueue):
 
     # --- receiving and settling
     def receive(self, queue: str, max_messages: int = 1, lock_seconds: float | None = None) -> list[ReceivedMessage]:
-        with database.connection() as conn:
-            rows = conn.execute(
-                _RECEIVE, {"queue": queue, "n": max_messages, "lock": lock_seconds or self.lock_seconds}
-            ).fetchall()
+        params = {"queue": queue, "n": max_messages, "lock": lock_seconds or self.lock_seconds,
+                  "max": self.max_delivery_count, "reason": MAX_DELIVERY_REASON}
+        while True:
+            with database.connection() as conn:
+                rows = conn.execute(_RECEIVE, params).fetchall()
+            for r in rows:
+                if r["exhausted"]:
+                    log.warning("message %s dead-lettered after %s deliveries", r["message_id"], r["delivery_count"])
+            delivered = [r for r in rows if not r["exhausted"]]
+            if delivered or not rows:
+                break  # a batch of only dead-lettered messages: look again
         return [
             ReceivedMessage(
                 queue=queue,
@@ -89,7 +103,7 @@ class PostgresQueue(MessageQueue):
                 lock_token=str(r["lock_token"]),
                 handle=r["id"],
             )
-            for r in rows
+            for r in delivered
         ]
 
     def complete(self, msg: ReceivedMessage, conn: psycopg.Connection | None = None) -> None:
