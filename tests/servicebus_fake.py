@@ -140,7 +140,7 @@ class FakeServiceBusClient:
             return self.queues[name]
 
     def record(self, op: str, queue: str, message_id: str | None, **detail: Any) -> None:
-        self.log.append({"op": op, "queue": queue, "message_id": message_id, **detail})
+        self.log.append({"op": op, "queue": queue, "message_id": message_id, "at": self.now(), **detail})
 
     # --- SDK surface
     def get_queue_sender(self, queue_name: str, **_: Any) -> FakeSender:
@@ -184,7 +184,7 @@ class FakeServiceBusClient:
         )
         q.active.append(stored)
         self.record("scheduled" if due and due > now else "sent", q.name, message_id,
-                    sequence_number=stored.sequence_number, visible_at=stored.visible_at.isoformat())
+                    sequence_number=stored.sequence_number, visible_at=stored.visible_at)
         self.cond.notify_all()
         return stored.sequence_number
 
