@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -129,104 +130,81 @@ def test_health_names_the_failing_part(database, monkeypatch):
         blob.get_blob_store.cache_clear()
 
 
-# --- Service Bus, up to the SDK boundary
-class RecordingSender:
-    def __init__(self, sent, queue):
-        self.sent, self.queue = sent, queue
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-    def send_messages(self, msgs):
-        self.sent.extend((self.queue, m) for m in msgs)
-
-
-class RecordingClient:
-    """Stands in for azure.servicebus.ServiceBusClient: no Service Bus runs on a development machine."""
-
-    def __init__(self):
-        self.sent = []
-
-    def get_queue_sender(self, queue_name):
-        return RecordingSender(self.sent, queue_name)
-
-
+# --- Service Bus, up to the SDK boundary (tests/servicebus_fake.py stands in for the namespace)
 def test_servicebus_outbox_relays_sdk_messages(db, nonce):
-    from azure.servicebus import ServiceBusMessage
-
     from infrastructure import database as dbm
     from infrastructure.queues import OutgoingMessage
     from infrastructure.queues.servicebus import ServiceBusQueue
+    from tests.servicebus_fake import FakeServiceBusClient
 
-    client = RecordingClient()
+    db.execute("UPDATE app.outbox SET sent_at = now() WHERE sent_at IS NULL")  # other tests' leftovers
+    client = FakeServiceBusClient()
     q = ServiceBusQueue(client=client)
     with dbm.connection() as conn:
         q.send(conn, "geospatial-tasks", [OutgoingMessage(f"m-{nonce}", {"task_id": nonce}, 30.0)])
         q.send(conn, "geospatial-jobs", [OutgoingMessage(f"j-{nonce}", {"job_id": nonce})])
         conn.rollback()  # a rolled-back state change sends nothing
     q.after_commit()
-    assert client.sent == []
+    assert client.log == []
     with dbm.connection() as conn:
         q.send(conn, "geospatial-tasks", [OutgoingMessage(f"m-{nonce}", {"task_id": nonce}, 30.0)])
         q.send(conn, "geospatial-jobs", [OutgoingMessage(f"j-{nonce}", {"job_id": nonce})])
     q.after_commit()
-    sent = {m.message_id: (queue, m) for queue, m in client.sent}
-    assert set(sent) >= {f"m-{nonce}", f"j-{nonce}"}
-    queue, msg = sent[f"m-{nonce}"]
-    assert queue == "geospatial-tasks" and isinstance(msg, ServiceBusMessage)
-    assert json.loads(str(msg)) == {"task_id": nonce} and msg.scheduled_enqueue_time_utc is not None
-    assert sent[f"j-{nonce}"][1].scheduled_enqueue_time_utc is None
+    ops = {e["message_id"]: e for e in client.log}
+    assert ops[f"m-{nonce}"]["op"] == "scheduled" and ops[f"m-{nonce}"]["queue"] == "geospatial-tasks"
+    assert ops[f"m-{nonce}"]["visible_at"] - ops[f"m-{nonce}"]["at"] > timedelta(seconds=25)
+    assert ops[f"j-{nonce}"]["op"] == "sent" and ops[f"j-{nonce}"]["queue"] == "geospatial-jobs"
     unsent = db.execute("SELECT count(*) AS n FROM app.outbox WHERE sent_at IS NULL").fetchone()["n"]
     assert unsent == 0
     q.after_commit()
-    assert len(client.sent) == len(sent)  # relayed once
+    assert len(client.log) == 2  # relayed once
+    (m,) = client.get_queue_receiver("geospatial-jobs").receive_messages(max_wait_time=0.1)
+    assert json.loads(str(m)) == {"job_id": nonce} and m.content_type == "application/json"
+    q.close()
 
 
-class RecordingReceiver:
-    """Stands in for a Service Bus receiver: records, at the moment of each settlement, what another
-    database connection sees of the message's task."""
-
-    def __init__(self, look):
-        self.look, self.settled = look, []
-
-    def complete_message(self, message):
-        self.settled.append(("complete", self.look()))
-
-    def abandon_message(self, message):
-        self.settled.append(("abandon", self.look()))
-
-
-def test_servicebus_message_is_acknowledged_after_its_completion_commits(db, drain, nonce):
+def test_servicebus_message_is_acknowledged_after_its_completion_commits(db, nonce, monkeypatch):
     """Acknowledged inside the transaction, a commit that then failed would lose both the message and
     the task's effects; the worker acknowledges a Service Bus message once its transaction committed."""
-    from infrastructure.queues import ReceivedMessage
+    import time
+
+    from core.machine import CoreMachine
+    from core.submit import submit_job
     from infrastructure.queues.servicebus import ServiceBusQueue
-    from tests.helpers import submit
+    from tests.servicebus_fake import FakeReceiver, FakeServiceBusClient
     from triggers.worker import Worker
 
-    job_id = submit("hello_world", {"n": 1, "message": nonce})
-    local = Worker(concurrency=1)
-    local.handle(local.receive_one())  # fan-out through the postgres queue: one task and its message
-    task_msg = local.receive_one()
-    task_id = task_msg.body["task_id"]
+    db.execute("UPDATE app.outbox SET sent_at = now() WHERE sent_at IS NULL")
+    bus = ServiceBusQueue(client=FakeServiceBusClient(), poll_seconds=0.05)
+    worker = Worker(concurrency=1, machine=CoreMachine(queue=bus), queue=bus)
+    job_id = submit_job("hello_world", {"n": 1, "message": nonce}, machine=worker.machine).job_id
+
+    def receive(queue):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            got = bus.receive(queue)
+            if got:
+                return got[0]
+            time.sleep(0.02)
+        raise AssertionError(f"nothing arrived on {queue}")
+
+    worker.handle(receive(worker.settings.jobs_queue))  # fan-out: one task and its message
+    task_msg = receive(worker.settings.tasks_queue)
     assert task_msg.body["parent_job_id"] == job_id
+    task_id = task_msg.body["task_id"]
+    settled = []
+    complete = FakeReceiver.complete_message
 
-    def task_status():
-        return db.execute("SELECT status FROM app.tasks WHERE task_id = %s", [task_id]).fetchone()["status"]
+    def complete_and_look(self, message):
+        status = db.execute("SELECT status FROM app.tasks WHERE task_id = %s", [task_id]).fetchone()["status"]
+        settled.append(("complete", status))
+        complete(self, message)
 
-    receiver = RecordingReceiver(task_status)
-    bus = ServiceBusQueue(client=RecordingClient())
-    worker = Worker(concurrency=1)
-    worker.queue = worker.machine.queue = bus
-    received = ReceivedMessage(worker.settings.tasks_queue, task_msg.message_id, task_msg.body, 1, "token",
-                               handle=(receiver, object()))
-    assert worker.handle(received) == "stage_completed"
-    assert receiver.settled == [("complete", "completed")]  # the completion was visible to others first
-    local.queue.complete(task_msg)
-    db.execute("UPDATE app.jobs SET status = 'failed' WHERE job_id = %s", [job_id])  # stage 2 went to the stub
+    monkeypatch.setattr(FakeReceiver, "complete_message", complete_and_look)
+    assert worker.handle(task_msg) == "stage_completed"
+    assert settled == [("complete", "completed")]  # the completion was visible to others first
+    bus.close()
+    db.execute("UPDATE app.jobs SET status = 'failed' WHERE job_id = %s", [job_id])  # stage 2 is not run here
 
 
 # --- janitor

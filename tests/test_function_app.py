@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import types
+from datetime import timedelta
 
 import azure.functions as func
 import pytest
@@ -94,19 +95,143 @@ def test_service_bus_triggers_run_the_core_machine(fa, db, nonce):
     assert result["sum"] == 3
 
 
-def test_poison_message_fails_task_and_job(fa, db, nonce):
-    from tests.helpers import submit
-
-    job_id = submit("hello_world", {"n": 1, "message": nonce})
+def first_task_message(fa, db, job_id):
+    """Fan the job out through the jobs function; the task message it produced, taken from the queue."""
     job_msg = db.execute(
         "DELETE FROM app.queue_messages WHERE body->>'job_id' = %s RETURNING body", [job_id]).fetchone()["body"]
     user_function(fa, "jobs_queue")(sb_message(JobQueueMessage.model_validate(job_msg).model_dump(), "m1"))
     task_msg = db.execute(
         "DELETE FROM app.queue_messages WHERE body->>'parent_job_id' = %s RETURNING body", [job_id]).fetchone()["body"]
     TaskQueueMessage.model_validate(task_msg)
-    user_function(fa, "tasks_queue")(sb_message(task_msg, "m2", delivery_count=11))
+    return task_msg
+
+
+def test_poison_message_on_the_last_allowed_delivery_fails_task_and_job(fa, db, nonce):
+    """Deliveries 1..N-1 of a task message run (here the host invoked them and the instance died, so the
+    function never returned); delivery N = QUEUE_MAX_DELIVERY_COUNT, the last the queue allows, fails the
+    job and returns, so the host completes the message instead of the service dead-lettering it."""
+    from tests.helpers import submit
+
+    n = fa.settings.queue_max_delivery_count
+    job_id = submit("hello_world", {"n": 1, "message": nonce})
+    task_msg = first_task_message(fa, db, job_id)
+    tasks_fn = user_function(fa, "tasks_queue")
+    assert fa.handle_service_bus_message(sb_message(task_msg, "m2", delivery_count=n), "task") == "poisoned"
     job = db.execute("SELECT status, error_details FROM app.jobs WHERE job_id = %s", [job_id]).fetchone()
-    assert job["status"] == "failed" and "delivered 11 times" in job["error_details"]["error"]
+    assert job["status"] == "failed"
+    details = job["error_details"]
+    assert f"delivered {n} times" in details["error"] and "QUEUE_MAX_DELIVERY_COUNT" in details["error"]
+    assert details["task_id"] == task_msg["task_id"] and details["delivery_count"] == n
+    task = db.execute("SELECT status FROM app.tasks WHERE task_id = %s", [task_msg["task_id"]]).fetchone()
+    assert task["status"] == "failed"
+    tasks_fn(sb_message(task_msg, "m2", delivery_count=n))  # the same delivery again: returns, changes nothing
+
+
+def test_deliveries_before_the_last_run_the_task(fa, db, nonce):
+    from tests.helpers import submit
+
+    n = fa.settings.queue_max_delivery_count
+    for delivery in range(1, n):
+        job_id = submit("hello_world", {"n": 1, "message": f"{nonce}-{delivery}"})
+        task_msg = first_task_message(fa, db, job_id)
+        outcome = fa.handle_service_bus_message(sb_message(task_msg, "m2", delivery_count=delivery), "task")
+        assert outcome == "stage_completed"
+        db.execute("UPDATE app.jobs SET status = 'failed' WHERE job_id = %s", [job_id])  # stage 2 not needed
+
+
+def test_a_redelivery_copy_counts_the_deliveries_it_replaces(fa, db, nonce):
+    from infrastructure.queues.servicebus import PRIOR_DELIVERIES
+    from tests.helpers import submit
+
+    n = fa.settings.queue_max_delivery_count
+    job_id = submit("hello_world", {"n": 1, "message": nonce})
+    task_msg = first_task_message(fa, db, job_id)
+    copy = ServiceBusMessage(body=json.dumps(task_msg).encode(), message_id="m2~d9", delivery_count=1,
+                             application_properties={PRIOR_DELIVERIES: n - 1}, user_properties={},
+                             content_type="application/json")
+    assert fa.handle_service_bus_message(copy, "task") == "poisoned"
+    assert db.execute("SELECT status FROM app.jobs WHERE job_id = %s", [job_id]).fetchone()["status"] == "failed"
+
+
+def test_a_failure_outside_the_machine_is_redelivered_after_a_backoff(fa, db, nonce, monkeypatch):
+    """A stage that cannot start for a transient reason (or an unreachable database) escapes the
+    CoreMachine: the function schedules a copy at the backoff time and returns, so the host completes
+    the original, instead of raising (the service would redeliver at once and use up the deliveries)."""
+    from core.errors import RetryableTaskError
+    from core.machine import CoreMachine
+    from infrastructure.queues.servicebus import ServiceBusQueue
+    from jobs import ALL_JOBS
+    from tests.helpers import submit
+    from tests.servicebus_fake import FakeServiceBusClient
+
+    class BusyHelloWorld(ALL_JOBS["hello_world"]):
+        @classmethod
+        def setup_stage(cls, conn, job, stage, previous):
+            raise RetryableTaskError("the blob service is busy")
+
+    job_id = submit("hello_world", {"n": 1, "message": nonce})
+    job_msg = db.execute(
+        "DELETE FROM app.queue_messages WHERE body->>'job_id' = %s RETURNING message_id, body", [job_id]).fetchone()
+    client = FakeServiceBusClient()
+    bus = ServiceBusQueue(client=client)
+    monkeypatch.setattr(fa, "_machine", CoreMachine(queue=bus, jobs={**ALL_JOBS, "hello_world": BusyHelloWorld}))
+    outcome = fa.handle_service_bus_message(sb_message(job_msg["body"], job_msg["message_id"], 3), "job")
+    assert outcome == "redelivery_scheduled"
+    (scheduled,) = [e for e in client.log if e["op"] == "scheduled"]
+    assert scheduled["queue"] == fa.settings.jobs_queue and scheduled["message_id"] == job_msg["message_id"] + "~d3"
+    assert scheduled["visible_at"] - scheduled["at"] >= timedelta(seconds=7)  # the 3rd delivery waits 8 s
+    assert db.execute("SELECT status FROM app.jobs WHERE job_id = %s", [job_id]).fetchone()["status"] == "queued"
+    client.advance(9)
+    (copy,) = bus.receive(fa.settings.jobs_queue) or wait_receive(bus, fa.settings.jobs_queue)
+    assert copy.delivery_count == 4 and copy.body == job_msg["body"]  # 1 of its own + 3 it replaces
+    bus.close()
+    db.execute("UPDATE app.jobs SET status = 'failed' WHERE job_id = %s", [job_id])
+
+
+def wait_receive(bus, queue, timeout=10.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = bus.receive(queue)
+        if got:
+            return got
+        time.sleep(0.02)
+    return []
+
+
+# The Service Bus extension 5.x settings (extension bundle 4.x ships it), as documented in
+# https://learn.microsoft.com/en-us/azure/azure-functions/functions-bindings-service-bus#hostjson-settings
+SERVICE_BUS_5X_KEYS = {
+    "clientRetryOptions", "prefetchCount", "transportType", "webProxy", "autoCompleteMessages",
+    "maxAutoLockRenewalDuration", "maxConcurrentCalls", "maxConcurrentSessions", "maxMessageBatchSize",
+    "minMessageBatchSize", "maxBatchWaitTime", "sessionIdleTimeout", "enableCrossEntityTransactions",
+}
+# Keys of extension 2.x-4.x that 5.x no longer reads (a stale one would silently keep the defaults).
+SERVICE_BUS_LEGACY_KEYS = {"messageHandlerOptions", "sessionHandlerOptions", "batchOptions", "autoRenewTimeout"}
+
+
+def hours(value: str) -> float:
+    h, m, s = value.split(":")
+    return int(h) + int(m) / 60 + float(s) / 3600
+
+
+def test_host_json_uses_the_service_bus_5x_settings():
+    """Timeouts by plan: https://learn.microsoft.com/en-us/azure/azure-functions/functions-scale#timeout
+    (Consumption at most 10 min; Flex Consumption and Premium 30 min by default, unbounded)."""
+    from pathlib import Path
+
+    host = json.loads((Path(__file__).resolve().parent.parent / "host.json").read_text())
+    bus = host["extensions"]["serviceBus"]
+    assert set(bus) <= SERVICE_BUS_5X_KEYS, f"not a Service Bus 5.x setting: {set(bus) - SERVICE_BUS_5X_KEYS}"
+    assert not set(bus) & SERVICE_BUS_LEGACY_KEYS
+    assert host["extensionBundle"]["version"] == "[4.*, 5.0.0)"
+    # the lock is renewed for as long as a function may run, so a long task is never delivered twice
+    assert hours(bus["maxAutoLockRenewalDuration"]) >= hours(host["functionTimeout"])
+    assert hours(host["functionTimeout"]) > 10 / 60  # needs Flex Consumption or Premium (README)
+    assert bus["autoCompleteMessages"] is True  # returning completes: poison and scheduled redelivery rely on it
+    assert bus["prefetchCount"] == 0  # prefetched messages' locks are not renewed while they wait
+    assert 1 <= bus["maxConcurrentCalls"] <= 16
 
 
 def test_janitor_timer_runs(fa):
