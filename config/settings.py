@@ -94,7 +94,11 @@ class Settings(BaseSettings):
     jobs_queue: str = Field("geospatial-jobs", description="Queue of job (stage) messages.")
     tasks_queue: str = Field("geospatial-tasks", description="Queue of task messages.")
     queue_lock_seconds: int = Field(30, description="Peek-lock duration; workers renew it while a task runs.")
-    queue_max_delivery_count: int = Field(10, description="Deliveries before a message is dead-lettered.")
+    queue_max_delivery_count: int = Field(
+        10,
+        description="Deliveries a queue allows a message; on the last one its job is failed and the message"
+        " completed. Must equal the Service Bus queues' max delivery count.",
+    )
     task_max_retries: int = Field(3, description="Retries of a task after a retryable error.")
     task_retry_backoff_seconds: float = Field(0.5, description="First retry delay; doubles each attempt.")
     job_stuck_after_seconds: int = Field(

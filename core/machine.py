@@ -78,7 +78,7 @@ class CoreMachine:
                 settle(conn)
         except Exception as exc:
             if is_retryable(exc):
-                raise  # the message is abandoned and redelivered
+                raise  # the transport delivers the message again after a backoff (redelivery_delay)
             log.exception("stage %s of job %s could not start", message.stage, message.job_id)
             outcome = self._fail_from_job_message(message, exc, settle, after)
         self._after_commit(after)

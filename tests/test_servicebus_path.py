@@ -331,3 +331,44 @@ def test_recorded_session_of_a_100_task_job_matches_the_postgres_backend(bus, no
     assert scheduled["op"] == "scheduled" and scheduled["visible_at"] - failed_at >= timedelta(seconds=BACKOFF * 0.8)
     received = next(e for e in second if e["op"] == "received")
     assert received["at"] >= scheduled["visible_at"] and second[-1]["op"] == "completed"
+
+
+# --- the worker's receivers
+def test_worker_keeps_one_receiver_per_queue_waits_on_both_and_closes_them(bus, nonce, monkeypatch):
+    """Consumers never block in the SDK: each queue's receiver runs on its own thread (the SDK's
+    clients are not thread-safe), both long-poll at once, and shutdown closes them."""
+    import threading
+
+    from core.submit import submit_job
+    from tests.servicebus_fake import FakeReceiver
+
+    client, queue = bus
+    threads: dict[str, set[str]] = {}
+    both_waiting = threading.Event()
+    waiting: set[str] = set()
+    receive = FakeReceiver.receive_messages
+
+    def watched(self: FakeReceiver, *a: Any, **kw: Any) -> list[Any]:
+        threads.setdefault(self.queue_name, set()).add(threading.current_thread().name)
+        waiting.add(self.queue_name)
+        if len(waiting) == 2:
+            both_waiting.set()
+        try:
+            return receive(self, *a, **kw)
+        finally:
+            waiting.discard(self.queue_name)
+
+    monkeypatch.setattr(FakeReceiver, "receive_messages", watched)
+    machine = CoreMachine(queue=queue)
+    worker = Worker(concurrency=1, machine=machine, queue=queue)
+    assert worker.receive_batch(4) == []  # returns at once; the receivers start polling
+    assert both_waiting.wait(5.0), "the two queues were not waited on at the same time"
+    job_id = submit_job("hello_world", {"n": 5, "message": nonce}, machine=machine).job_id
+    drive(worker, lambda: job_status(job_id) in ("completed", "failed"))
+    assert job_status(job_id) == "completed"
+    s = get_settings()
+    assert {q: r for q, r in threads.items()} == {
+        s.jobs_queue: {f"sb-receiver-{s.jobs_queue}"}, s.tasks_queue: {f"sb-receiver-{s.tasks_queue}"}}
+    assert sorted(r.queue_name for r in client.receivers) == sorted([s.jobs_queue, s.tasks_queue])
+    queue.close()
+    assert all(r.closed for r in client.receivers) and all(x.closed for x in client.senders) and client.closed
