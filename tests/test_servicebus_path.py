@@ -372,3 +372,32 @@ def test_worker_keeps_one_receiver_per_queue_waits_on_both_and_closes_them(bus, 
     assert sorted(r.queue_name for r in client.receivers) == sorted([s.jobs_queue, s.tasks_queue])
     queue.close()
     assert all(r.closed for r in client.receivers) and all(x.closed for x in client.senders) and client.closed
+
+
+def test_worker_renews_the_locks_of_running_messages(bus, nonce):
+    """The worker's renewal thread keeps a long task's message locked past the queue's lock duration."""
+    import threading
+
+    from core.submit import submit_job
+
+    client, queue = bus
+    machine = CoreMachine(queue=queue)
+    worker = Worker(concurrency=1, machine=machine, queue=queue)
+    submit_job("hello_world", {"n": 1, "message": nonce}, machine=machine)
+    drive(worker, lambda: any(e["op"] == "sent" and e["queue"] == get_settings().tasks_queue for e in client.log))
+    (msg,) = receive_task(queue)
+    worker._inflight[id(msg)] = msg  # as while its handler runs
+    renewer = threading.Thread(target=worker._renew_locks, daemon=True)
+    renewer.start()
+    every = max(1.0, worker.settings.queue_lock_seconds / 3)
+    assert every < LOCK
+    time.sleep(LOCK * 2 + 0.5)  # two lock durations: without renewal it would have been delivered again
+    assert receive_task(queue, timeout=0.3) == []
+    renewals = [e for e in client.log if e["op"] == "lock_renewed" and e["message_id"] == msg.message_id]
+    assert len(renewals) >= 2 and not any(e["op"] == "lock_expired" for e in client.log)
+    worker.handle(msg)
+    worker.stopping.set()
+    renewer.join(10)
+    assert not renewer.is_alive()
+    ops = [e["op"] for e in client.log if e["message_id"] == msg.message_id]
+    assert ops[-1] == "completed"
