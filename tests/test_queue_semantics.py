@@ -30,7 +30,7 @@ class Backend:
     def __init__(self, kind: str, name: str) -> None:
         self.kind, self.name = kind, name
         if kind == "postgres":
-            self.lock_seconds = 2.0
+            self.lock_seconds = 3.0
             self.queue: Any = PostgresQueue(lock_seconds=self.lock_seconds, max_delivery_count=MAX_DELIVERIES)
         else:
             self.lock_seconds = 30.0
@@ -198,13 +198,13 @@ def test_dead_letter_keeps_the_reason(q):
 
 
 def test_delayed_send_is_invisible_until_due(q):
-    q.send("later", delay=1.0)
+    q.send("later", delay=2.0)
     q.send("one", "two")
     first = q.receive(n=10)
     assert ids(first) == ["one", "two"]
     for m in first:
         q.queue.complete(m)
-    q.elapse(1.2)
+    q.elapse(2.2)
     assert ids(q.receive(n=10)) == ["later"]
 
 
