@@ -188,6 +188,43 @@ def test_a_failure_outside_the_machine_is_redelivered_after_a_backoff(fa, db, no
     db.execute("UPDATE app.jobs SET status = 'failed' WHERE job_id = %s", [job_id])
 
 
+def test_a_retryable_task_failure_schedules_its_retry_at_the_backoff_time(fa, db, nonce, monkeypatch):
+    """The function returns (the host completes the delivery) and the next attempt, written to the
+    outbox in the transaction that marks the task retrying, is relayed as a scheduled message."""
+    from config import get_settings
+    from core.errors import RetryableTaskError
+    from core.machine import CoreMachine
+    from infrastructure.queues.servicebus import ServiceBusQueue
+    from services import ALL_HANDLERS
+    from tests.helpers import submit
+    from tests.servicebus_fake import FakeServiceBusClient
+
+    def busy(params, ctx):
+        raise RetryableTaskError("the service is busy")
+
+    job_id = submit("hello_world", {"n": 1, "message": nonce})
+    task_msg = first_task_message(fa, db, job_id)
+    db.execute("UPDATE app.outbox SET sent_at = now() WHERE sent_at IS NULL")
+    client = FakeServiceBusClient()
+    bus = ServiceBusQueue(client=client)
+    backoff = 5.0
+    machine = CoreMachine(queue=bus, handlers={**ALL_HANDLERS, "hello_world_greet": busy},
+                          settings=get_settings().model_copy(update={"task_retry_backoff_seconds": backoff}))
+    monkeypatch.setattr(fa, "_machine", machine)
+    assert fa.handle_service_bus_message(sb_message(task_msg, "t1"), "task") == "retrying"
+    task = db.execute("SELECT status, attempts FROM app.tasks WHERE task_id = %s", [task_msg["task_id"]]).fetchone()
+    assert task["status"] == "retrying" and task["attempts"] == 1
+    (scheduled,) = client.log
+    assert scheduled["op"] == "scheduled" and scheduled["message_id"].endswith(":a2")
+    assert scheduled["visible_at"] - scheduled["at"] >= timedelta(seconds=backoff - 1)
+    assert client.get_queue_receiver(fa.settings.tasks_queue).receive_messages(max_wait_time=0.2) == []
+    client.advance(backoff)
+    (retry,) = client.get_queue_receiver(fa.settings.tasks_queue).receive_messages(max_wait_time=1)
+    assert json.loads(str(retry))["attempt"] == 2 and retry.delivery_count == 1
+    bus.close()
+    db.execute("UPDATE app.jobs SET status = 'failed' WHERE job_id = %s", [job_id])
+
+
 def wait_receive(bus, queue, timeout=10.0):
     import time
 
