@@ -144,7 +144,7 @@ def test_janitor_resends_what_a_crash_left_in_the_outbox(bus, nonce, monkeypatch
 
     age_outbox()
     assert janitor.run_once()["outbox_relayed"] == 1
-    (job_msg,) = worker.receive_batch(1) or queue.receive(get_settings().jobs_queue)
+    (job_msg,) = receive_task(queue, name=get_settings().jobs_queue)
     assert job_msg.body["job_id"] == job_id
     worker.handle(job_msg)  # fans out: three task messages committed to the outbox, never relayed
     assert [e["op"] for e in client.log if e["queue"] == get_settings().tasks_queue] == []
@@ -211,10 +211,11 @@ def test_poison_message_on_the_last_allowed_delivery_fails_the_job_and_is_comple
     assert client.queue(get_settings().tasks_queue).dead_letters == []
 
 
-def receive_task(queue: MessageQueue, timeout: float = 10.0) -> list[ReceivedMessage]:
+def receive_task(queue: MessageQueue, timeout: float = 10.0, name: str | None = None) -> list[ReceivedMessage]:
+    """One message of the tasks queue (or of `name`), waiting for the receiver to fetch it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        got = queue.receive(get_settings().tasks_queue, 1)
+        got = queue.receive(name or get_settings().tasks_queue, 1)
         if got:
             return got
         time.sleep(0.02)

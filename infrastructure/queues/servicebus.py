@@ -84,6 +84,7 @@ class _QueueReceiver:
         self.ops: deque[tuple[Callable[[Any], Any], Future[Any]]] = deque()
         self.wanted = 0
         self.stopping = False
+        self.closed = False  # no operation runs any more
         self.thread = threading.Thread(target=self._run, name=f"sb-receiver-{queue}", daemon=True)
         self.thread.start()
 
@@ -106,7 +107,7 @@ class _QueueReceiver:
         """Run fn(receiver) on the receiver's thread and return its result (or raise its error)."""
         fut: Future[Any] = Future()
         with self.cond:
-            if not self.thread.is_alive():
+            if self.closed or not self.thread.is_alive():
                 raise RuntimeError(f"the receiver of {self.queue} is closed")
             self.ops.append((fn, fut))
             self.cond.notify_all()
@@ -128,6 +129,8 @@ class _QueueReceiver:
             receiver = self.client.get_queue_receiver(queue_name=self.queue)
         except Exception:
             log.exception("could not open a receiver on %s", self.queue)
+            with self.cond:
+                self.closed = True
             return
         try:
             while True:
@@ -163,6 +166,7 @@ class _QueueReceiver:
             self.buffer.clear()
         finally:
             with self.cond:
+                self.closed = True
                 pending, self.ops = list(self.ops), deque()
             for _, fut in pending:
                 fut.set_exception(RuntimeError(f"the receiver of {self.queue} was closed"))
@@ -271,7 +275,7 @@ class ServiceBusQueue(MessageQueue):
     # --- receiving and settling
     def _receiver(self, queue: str) -> _QueueReceiver:
         with self._lock:
-            if queue not in self._receivers or not self._receivers[queue].thread.is_alive():
+            if queue not in self._receivers or self._receivers[queue].closed:
                 self._receivers[queue] = _QueueReceiver(self.client, queue, self._wake, self.poll_seconds)
             return self._receivers[queue]
 
