@@ -42,8 +42,9 @@ class Backend:
             self.queue.send(conn, self.name, [OutgoingMessage(i, {"id": i}, delay) for i in ids])
         self.queue.after_commit()
 
-    def receive(self, n: int = 1, timeout: float = 0.6) -> list[ReceivedMessage]:
-        """What arrives within timeout (the Service Bus receivers fetch in the background)."""
+    def receive(self, n: int = 1, timeout: float = 2.0) -> list[ReceivedMessage]:
+        """Up to n messages, waiting at most timeout for them (the Service Bus receivers fetch in the
+        background); a test expecting nothing passes a short timeout."""
         deadline = time.monotonic() + timeout
         got: list[ReceivedMessage] = []
         while len(got) < n:
@@ -140,7 +141,7 @@ def test_send_is_transactional_and_deduplicated_by_message_id(q):
     assert q.receive(timeout=0.3) == []
     q.send("y")
     q.send("y")  # same message id: duplicate detection
-    assert ids(q.receive(n=10)) == ["y"]
+    assert ids(q.receive(n=10, timeout=1.0)) == ["y"]
 
 
 def test_abandon_with_delay_redelivers_after_the_delay_counting_the_delivery(q):
@@ -200,12 +201,12 @@ def test_dead_letter_keeps_the_reason(q):
 def test_delayed_send_is_invisible_until_due(q):
     q.send("later", delay=2.0)
     q.send("one", "two")
-    first = q.receive(n=10)
+    first = q.receive(n=10, timeout=1.0)
     assert ids(first) == ["one", "two"]
     for m in first:
         q.queue.complete(m)
     q.elapse(2.2)
-    assert ids(q.receive(n=10)) == ["later"]
+    assert ids(q.receive(n=10, timeout=1.0)) == ["later"]
 
 
 def test_release_gives_back_without_counting_a_delivery(q):
