@@ -106,17 +106,37 @@ def first_task_message(fa, db, job_id):
     return task_msg
 
 
-def test_poison_message_on_the_last_allowed_delivery_fails_task_and_job(fa, db, nonce):
-    """Deliveries 1..N-1 of a task message run (here the host invoked them and the instance died, so the
-    function never returned); delivery N = QUEUE_MAX_DELIVERY_COUNT, the last the queue allows, fails the
-    job and returns, so the host completes the message instead of the service dead-lettering it."""
+class InstanceDied(BaseException):
+    """Stands for the host instance dying mid-invocation (out of memory, killed): nothing catches it."""
+
+
+def test_poison_message_on_the_last_allowed_delivery_fails_task_and_job(fa, db, nonce, monkeypatch):
+    """Deliveries 1..N-1 of a task message kill the instance running them (the function never returns);
+    delivery N = QUEUE_MAX_DELIVERY_COUNT, the last the queue allows, fails the job without running the
+    task again and returns, so the host completes the message instead of the service dead-lettering it."""
+    from core.machine import CoreMachine
+    from services import ALL_HANDLERS
     from tests.helpers import submit
+
+    calls = []
+
+    def dies(params, ctx):
+        calls.append(ctx.attempt)
+        raise InstanceDied()
 
     n = fa.settings.queue_max_delivery_count
     job_id = submit("hello_world", {"n": 1, "message": nonce})
     task_msg = first_task_message(fa, db, job_id)
+    monkeypatch.setattr(fa, "_machine", CoreMachine(handlers={**ALL_HANDLERS, "hello_world_greet": dies}))
     tasks_fn = user_function(fa, "tasks_queue")
+    for delivery in range(1, n):
+        with pytest.raises(InstanceDied):
+            tasks_fn(sb_message(task_msg, "m2", delivery_count=delivery))
+        assert db.execute("SELECT status FROM app.jobs WHERE job_id = %s", [job_id]).fetchone()["status"] in (
+            "queued", "processing")
+    assert calls == list(range(1, n))
     assert fa.handle_service_bus_message(sb_message(task_msg, "m2", delivery_count=n), "task") == "poisoned"
+    assert calls == list(range(1, n))  # the last delivery does not run the task again
     job = db.execute("SELECT status, error_details FROM app.jobs WHERE job_id = %s", [job_id]).fetchone()
     assert job["status"] == "failed"
     details = job["error_details"]
