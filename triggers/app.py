@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from config.logging import configure_logging
-from infrastructure import database
+from infrastructure import database, telemetry
 from triggers import errors, health, serving
 
 log = logging.getLogger("geoetl.api")
@@ -28,6 +28,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     configure_logging()
+    telemetry.configure_from_settings()
     app = FastAPI(
         title="geoetl",
         description="Geospatial ingest orchestrator: submit jobs, follow them, query the results.",
