@@ -45,7 +45,7 @@ OLD_DEAD_LETTERS_SQL = (
     "DELETE FROM app.queue_messages WHERE id IN (SELECT id FROM app.queue_messages"
     " WHERE queue = %(queue)s AND dead_lettered_at IS NOT NULL"
     "   AND dead_lettered_at < now() - make_interval(days => %(days)s)"
-    " ORDER BY dead_lettered_at DESC, id DESC LIMIT %(batch)s)"
+    " ORDER BY id LIMIT %(batch)s)"
 )
 
 OLD_OUTBOX_SQL = (

@@ -29,6 +29,21 @@ current_task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("ge
 
 _configured = False
 _configure_lock = threading.Lock()
+_provider: Any = None  # a TracerProvider that overrides the global one (tests use an in-memory exporter)
+
+
+def use_provider(provider: Any) -> None:
+    """Trace with this provider instead of the global one (None restores the global)."""
+    global _provider
+    _provider = provider
+
+
+def provider_override() -> Any:
+    return _provider
+
+
+def provider() -> Any:
+    return _provider if _provider is not None else trace.get_tracer_provider()
 
 
 def configure_tracing(connection_string: str) -> bool:
@@ -59,7 +74,7 @@ def configure_from_settings() -> bool:
 
 
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    return provider().get_tracer(TRACER_NAME)
 
 
 def trace_context() -> dict[str, str]:

@@ -24,7 +24,7 @@ CREATE INDEX IF NOT EXISTS queue_job_idx ON app.queue_messages (queue, (body ->>
 -- Queue panel and metrics: the oldest waiting message of a queue; dead letters, newest first.
 CREATE INDEX IF NOT EXISTS queue_waiting_age_idx ON app.queue_messages (queue, enqueued_at)
     WHERE dead_lettered_at IS NULL;
-CREATE INDEX IF NOT EXISTS queue_dead_letter_idx ON app.queue_messages (queue, dead_lettered_at DESC, id DESC)
+CREATE INDEX IF NOT EXISTS queue_dead_letter_idx ON app.queue_messages (queue, id)
     WHERE dead_lettered_at IS NOT NULL;
 
 -- Retention of relayed outbox rows (Service Bus backend).

@@ -18,6 +18,7 @@ import psycopg
 from config import get_settings
 from infrastructure import database
 from infrastructure.queues.base import MessageQueue, OutgoingMessage, ReceivedMessage
+from infrastructure.queues.servicebus_operations import ServiceBusOperations
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def to_service_bus_message(message_id: str, body: dict[str, Any], scheduled_for:
     return msg
 
 
-class ServiceBusQueue(MessageQueue):
+class ServiceBusQueue(ServiceBusOperations, MessageQueue):
     backend = "servicebus"
 
     def __init__(self, client: Any | None = None) -> None:
