@@ -6,7 +6,8 @@ Never deleted: a job that is not finished (status is checked under the row lock,
 row is skipped), a job whose cleanup has not run yet, and the job that a published dataset
 points to (its STAC item's `etl:job_id`): that record is the dataset's origin.
 
-Small batches, each its own transaction, so no lock is held for long and the queue keeps flowing.
+Small batches (a batch's ids are collected first, then deleted by primary key), each its own
+transaction, so no lock is held for long and the queue keeps flowing.
 """
 
 from __future__ import annotations
@@ -42,16 +43,16 @@ DELETE_JOB_MESSAGES_SQL = (
 )
 
 OLD_DEAD_LETTERS_SQL = (
-    "DELETE FROM app.queue_messages WHERE id IN (SELECT id FROM app.queue_messages"
+    "DELETE FROM app.queue_messages WHERE id = ANY(ARRAY(SELECT id FROM app.queue_messages"
     " WHERE queue = %(queue)s AND dead_lettered_at IS NOT NULL"
     "   AND dead_lettered_at < now() - make_interval(days => %(days)s)"
-    " ORDER BY id LIMIT %(batch)s)"
+    " ORDER BY id LIMIT %(batch)s))"
 )
 
 OLD_OUTBOX_SQL = (
-    "DELETE FROM app.outbox WHERE id IN (SELECT id FROM app.outbox"
+    "DELETE FROM app.outbox WHERE id = ANY(ARRAY(SELECT id FROM app.outbox"
     " WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(days => %(days)s)"
-    " ORDER BY sent_at LIMIT %(batch)s)"
+    " ORDER BY sent_at LIMIT %(batch)s))"
 )
 
 

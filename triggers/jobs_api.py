@@ -268,6 +268,16 @@ def job_status(job_id: str) -> dict[str, Any]:
         return job_status_body(conn, job)
 
 
+# One job's tasks: the count runs over that job's rows only (tasks_job_stage_idx).
+JOB_TASKS_SQL = (
+    "SELECT task_id, task_type, stage, task_index, status, attempts, result_data, error_details,"
+    " created_at, started_at, completed_at, count(*) OVER () AS total_count"
+    " FROM app.tasks WHERE parent_job_id = %(job)s"
+    " AND (%(stage)s::int IS NULL OR stage = %(stage)s) AND (%(status)s::text IS NULL OR status = %(status)s)"
+    " ORDER BY stage, task_index LIMIT %(limit)s OFFSET %(offset)s"
+)
+
+
 @router.get(
     "/jobs/{job_id}/tasks",
     summary="Tasks of a job",
@@ -286,11 +296,7 @@ def job_tasks(
         if state.get_job(conn, job_id) is None:
             raise ApiError(404, "not_found", f"no job with id {job_id}")
         rows = conn.execute(
-            "SELECT task_id, task_type, stage, task_index, status, attempts, result_data, error_details,"
-            " created_at, started_at, completed_at, count(*) OVER () AS total_count"
-            " FROM app.tasks WHERE parent_job_id = %(job)s"
-            " AND (%(stage)s::int IS NULL OR stage = %(stage)s) AND (%(status)s::text IS NULL OR status = %(status)s)"
-            " ORDER BY stage, task_index LIMIT %(limit)s OFFSET %(offset)s",
+            JOB_TASKS_SQL,
             {"job": job_id, "stage": stage, "status": status, "limit": limit, "offset": offset},
         ).fetchall()
     total = rows[0]["total_count"] if rows else 0

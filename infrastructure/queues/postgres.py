@@ -46,6 +46,13 @@ RETURNING m.id, m.message_id, m.body, m.delivery_count, m.lock_token
 """
 
 
+# Served by queue_parent_job_idx (migration 005).
+DISCARD_SQL = (
+    "DELETE FROM app.queue_messages WHERE queue = %s AND body ->> 'parent_job_id' = %s"
+    " AND dead_lettered_at IS NULL AND (lock_token IS NULL OR visible_at <= clock_timestamp())"
+)
+
+
 class PostgresQueue(MessageQueue):
     backend = "postgres"
     settles_in_transaction = True
@@ -74,11 +81,7 @@ class PostgresQueue(MessageQueue):
         )
 
     def discard_pending(self, conn: psycopg.Connection, queue: str, job_id: str) -> int:
-        cur = conn.execute(
-            "DELETE FROM app.queue_messages WHERE queue = %s AND body ->> 'parent_job_id' = %s"
-            " AND dead_lettered_at IS NULL AND (lock_token IS NULL OR visible_at <= clock_timestamp())",
-            [queue, job_id],
-        )
+        cur = conn.execute(DISCARD_SQL, [queue, job_id])
         return cur.rowcount
 
     # --- receiving and settling
@@ -218,7 +221,7 @@ STATS_SQL = """
 SELECT (SELECT count(*) FROM app.queue_messages
          WHERE queue = %(queue)s AND dead_lettered_at IS NULL) AS depth,
        (SELECT count(*) FROM app.queue_messages
-         WHERE queue = %(queue)s AND dead_lettered_at IS NULL AND visible_at > clock_timestamp()
+         WHERE queue = %(queue)s AND dead_lettered_at IS NULL AND visible_at > now()
            AND lock_token IS NULL) AS scheduled,
        (SELECT extract(epoch FROM clock_timestamp() - min(enqueued_at)) FROM app.queue_messages
          WHERE queue = %(queue)s AND dead_lettered_at IS NULL) AS oldest_age,
