@@ -216,6 +216,17 @@ def timed(conn: psycopg.Connection, stmt: str, args: Any, runs: int = 5) -> floa
     return statistics.median(times)
 
 
+def _scrape_ms(runs: int = 3) -> float:
+    from triggers.metrics import DatabaseCollector
+
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        list(DatabaseCollector().collect())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.operations", description=__doc__.split("\n\n")[0])
     p.add_argument("--database-url", required=True, help="a migrated geoetl database (never the one `make up` uses)")
@@ -241,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                 scans = sorted({n["Node Type"] + (f" {n['Index Name']}" if n.get("Index Name") else "")
                                 for n in nodes(top) if "Scan" in n["Node Type"]})
                 report(f"| {what} | {', '.join(scans)} | {timed(conn, stmt, qargs) * 1000:.2f} |")
+            conn.rollback()
+            report(f"| GET /api/metrics collector (reads every job and task) | - | {_scrape_ms():.1f} |")
         finally:
             if not args.keep:
                 remove(conn)

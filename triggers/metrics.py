@@ -29,19 +29,19 @@ router = APIRouter(tags=["operations"])
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 JOBS_SQL = "SELECT job_type, status, count(*) AS n FROM app.jobs GROUP BY 1, 2 ORDER BY 1, 2"
-TASKS_SQL = "SELECT task_type, status, count(*) AS n FROM app.tasks GROUP BY 1, 2 ORDER BY 1, 2"
-# Bucket b of a duration d is the number of bounds below d (so d <= bounds[b], Prometheus' "le"), computed in
-# one pass as n - width_bucket(-d, ascending negated bounds): width_bucket counts the thresholds <= its operand.
-DURATION_BUCKET_INDEX_SQL = (
-    "SELECT task_type, %(n)s - width_bucket(-d, %(negated)s::float8[]) AS b, count(*) AS n, sum(d) AS total"
-    " FROM (SELECT task_type, extract(epoch FROM completed_at - started_at)::float8 AS d FROM app.tasks"
-    "       WHERE status = 'completed' AND started_at IS NOT NULL AND completed_at IS NOT NULL) AS t GROUP BY 1, 2"
+# One pass over the tasks for their counts, durations and rows. The bucket b of a duration d is the number of
+# bounds below d (so d <= bounds[b], Prometheus' "le"): n - width_bucket(-d, ascending negated bounds), since
+# width_bucket counts the thresholds <= its operand.
+TASKS_SQL = (
+    "SELECT task_type, job_type, status, b, count(*) AS n, sum(d) AS total, sum(rows_uploaded) AS rows_uploaded"
+    " FROM (SELECT task_type, job_type, status, d, (result_data ->> 'rows_uploaded')::bigint AS rows_uploaded,"
+    "        CASE WHEN d IS NOT NULL THEN %(n)s - width_bucket(-d, %(negated)s::float8[]) END AS b"
+    "       FROM (SELECT task_type, job_type, status, result_data,"
+    "               CASE WHEN status = 'completed' THEN extract(epoch FROM completed_at - started_at)::float8 END AS d"
+    "             FROM app.tasks) AS t) AS u"
+    " GROUP BY 1, 2, 3, 4"
 )
 DURATION_ARGS = {"n": len(DURATION_BUCKETS), "negated": sorted(-b for b in DURATION_BUCKETS)}
-ROWS_SQL = (
-    "SELECT job_type, coalesce(sum((result_data ->> 'rows_uploaded')::bigint), 0) AS n FROM app.tasks"
-    " WHERE status = 'completed' AND result_data ? 'rows_uploaded' GROUP BY 1 ORDER BY 1"
-)
 JANITOR_SQL = "SELECT name, value FROM app.janitor_counters ORDER BY name"
 
 
@@ -51,6 +51,8 @@ def _histograms(rows: list[dict[str, Any]]) -> HistogramMetricFamily:
     )
     per_type: dict[str, tuple[list[int], float]] = {}
     for r in rows:
+        if r["b"] is None:
+            continue
         counts, total = per_type.setdefault(r["task_type"], ([0] * (len(DURATION_BUCKETS) + 1), 0.0))
         counts[int(r["b"])] += int(r["n"])  # 0: d <= first bound, ..., len: above the last bound
         per_type[r["task_type"]] = (counts, total + float(r["total"] or 0.0))
@@ -72,25 +74,30 @@ class DatabaseCollector:
         settings = get_settings()
         with database.connection() as conn:
             jobs = conn.execute(JOBS_SQL).fetchall()
-            tasks = conn.execute(TASKS_SQL).fetchall()
-            durations = conn.execute(DURATION_BUCKET_INDEX_SQL, DURATION_ARGS).fetchall()
-            rows = conn.execute(ROWS_SQL).fetchall()
+            tasks = conn.execute(TASKS_SQL, DURATION_ARGS).fetchall()
             janitor = {r["name"]: int(r["value"]) for r in conn.execute(JANITOR_SQL).fetchall()}
         family = GaugeMetricFamily("geoetl_jobs", "Jobs in the database by type and status",
                                    labels=["job_type", "status"])
         for r in jobs:
             family.add_metric([r["job_type"], r["status"]], r["n"])
         yield family
+        by_status: dict[tuple[str, str], int] = {}
+        rows: dict[str, int] = {}
+        for r in tasks:
+            key = (r["task_type"], r["status"])
+            by_status[key] = by_status.get(key, 0) + int(r["n"])
+            if r["status"] == "completed" and r["rows_uploaded"] is not None:
+                rows[r["job_type"]] = rows.get(r["job_type"], 0) + int(r["rows_uploaded"])
         family = GaugeMetricFamily("geoetl_tasks", "Tasks in the database by type and status",
                                    labels=["task_type", "status"])
-        for r in tasks:
-            family.add_metric([r["task_type"], r["status"]], r["n"])
+        for (task_type, status), n in sorted(by_status.items()):
+            family.add_metric([task_type, status], n)
         yield family
-        yield _histograms(durations)
+        yield _histograms(tasks)
         family = GaugeMetricFamily("geoetl_rows_loaded", "Rows loaded by the completed tasks in the database",
                                    labels=["job_type"])
-        for r in rows:
-            family.add_metric([r["job_type"]], r["n"])
+        for job_type, n in sorted(rows.items()):
+            family.add_metric([job_type], n)
         yield family
 
         stats = get_queue().queue_stats([settings.jobs_queue, settings.tasks_queue])
