@@ -319,3 +319,16 @@ def test_json_log_lines_carry_the_job_and_task(workers: Any, monkeypatch: Any, n
     for line in retries:
         assert line["job_id"] == job and line["task_id"] in line["message"]
         assert line["level"] == "WARNING" and line["logger"] and line["time"]
+
+
+def test_replay_ids_postgres_cannot_hold_are_a_400(api_server: str) -> None:
+    from config import get_settings
+
+    url = f"{api_server}/queues/{get_settings().tasks_queue}/deadletters/replay"
+    for ids in (["a\u0000b"], ["\ud800"], [""], ["x" * 501]):
+        r = requests.post(url, data=json.dumps({"message_ids": ids}), headers={"Content-Type": "application/json"},
+                          timeout=30)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", (ids, r.text)
+    big = requests.get(f"{api_server}/queues/{get_settings().tasks_queue}/deadletters",
+                       params={"after": "9" * 19}, timeout=30)
+    assert big.status_code == 400

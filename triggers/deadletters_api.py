@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
 
 from config import get_settings
 from infrastructure.queues import get_queue
@@ -21,8 +21,19 @@ MAX_REPLAY = 1000
 class ReplayRequest(BaseModel):
     """Replay these message ids, or (without ids) the oldest `limit` dead letters."""
 
-    message_ids: list[str] | None = Field(None, max_length=MAX_REPLAY)
+    message_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=500)]] | None = Field(
+        None, max_length=MAX_REPLAY
+    )
     limit: int = Field(100, ge=1, le=MAX_REPLAY)
+
+    @field_validator("message_ids")
+    @classmethod
+    def _storable(cls, ids: list[str] | None) -> list[str] | None:
+        """PostgreSQL text holds no NUL and no unpaired surrogate: such an id names no message."""
+        for mid in ids or []:
+            if "\x00" in mid or any(0xD800 <= ord(c) <= 0xDFFF for c in mid):
+                raise ValueError("a message id holds a NUL character or an unpaired surrogate")
+        return ids
 
 
 def _known_queue(queue: str) -> str:
@@ -41,7 +52,7 @@ def _known_queue(queue: str) -> str:
 async def list_dead_letters(
     queue: str,
     limit: int = Query(50, ge=1, le=500),
-    after: str | None = Query(None, pattern=r"^[0-9]{1,19}$", description="next_cursor of the previous page"),
+    after: str | None = Query(None, pattern=r"^[0-9]{1,18}$", description="next_cursor of the previous page"),
 ) -> dict[str, Any]:
     _known_queue(queue)
     page = await run_in_threadpool(get_queue().dead_letters, queue, limit, after)
