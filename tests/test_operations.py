@@ -332,3 +332,30 @@ def test_replay_ids_postgres_cannot_hold_are_a_400(api_server: str) -> None:
     big = requests.get(f"{api_server}/queues/{get_settings().tasks_queue}/deadletters",
                        params={"after": "9" * 19}, timeout=30)
     assert big.status_code == 400
+
+
+def test_job_list_filters_by_creation_time(api_server: str, db: Any, nonce: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    old = submit("hello_world", {"n": 0, "message": f"time old {nonce}"})
+    new = submit("hello_world", {"n": 0, "message": f"time new {nonce}"})
+    db.execute("UPDATE app.jobs SET created_at = now() - interval '3 days' WHERE job_id = %s", [old])
+    now = datetime.now(UTC)
+
+    def ids(route: str, **params: str) -> set[str]:
+        r = requests.get(f"{api_server}/{route}", params={"limit": 200, **params}, timeout=30)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["total_capped"] is False and body["total"] >= len(body["jobs"])
+        return {j["job_id"] for j in body["jobs"]}
+
+    for route in ("jobs", "dashboard/data/jobs"):
+        recent = ids(route, since=(now - timedelta(days=1)).isoformat())
+        assert new in recent and old not in recent
+        earlier = ids(route, since=(now - timedelta(days=4)).isoformat(), until=(now - timedelta(days=2)).isoformat())
+        assert old in earlier and new not in earlier
+    bad = requests.get(f"{api_server}/dashboard/data/jobs", params={"since": "yesterday"}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_time"
+    assert requests.get(f"{api_server}/jobs", params={"until": "soon"}, timeout=30).status_code == 400
+    assert requests.get(f"{api_server}/dashboard/data/jobs/{'0' * 64}", timeout=30).status_code == 404
+    assert requests.get(f"{api_server}/dashboard/data/jobs/nope", timeout=30).status_code == 400
