@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from datetime import UTC, datetime
 
 from config.settings import get_settings
 
@@ -22,9 +24,44 @@ class RedactKeys(logging.Filter):
         return True
 
 
+class JsonLines(logging.Formatter):
+    """LOG_FORMAT=json: one JSON object per line, with the job and task being worked on and the trace id."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from opentelemetry import trace
+
+        from infrastructure.telemetry import current_job_id, current_task_id
+
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "process": record.process,
+            "thread": record.threadName,
+            "message": record.getMessage(),
+        }
+        job_id, task_id = current_job_id.get(), current_task_id.get()
+        if job_id:
+            line["job_id"] = job_id
+        if task_id:
+            line["task_id"] = task_id
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            line["trace_id"] = format(span.trace_id, "032x")
+            line["span_id"] = format(span.span_id, "016x")
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
 def configure_logging() -> None:
-    level = get_settings().log_level.upper()
+    settings = get_settings()
+    level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    if settings.log_format == "json":  # uvicorn's own loggers too: it configured them before us
+        for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+            for handler in logging.getLogger(name).handlers:
+                handler.setFormatter(JsonLines())
     logging.getLogger().setLevel(level)
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         3 * 3600, description="A job with no progress for this long is failed by the janitor."
     )
     janitor_interval_seconds: int = Field(30, description="How often a worker runs the janitor.")
+    job_retention_days: int = Field(
+        30,
+        ge=0,
+        description="The janitor deletes finished jobs older than this (with their tasks, events, messages); "
+        "0 keeps them forever. The job a published dataset points to is always kept.",
+    )
     worker_concurrency: int = Field(2, description="Messages a worker process handles at once.")
     worker_prefetch: int = Field(
         4, ge=1, le=64, description="Task messages a consumer thread receives per round trip (then runs in turn)."
@@ -124,6 +130,13 @@ class Settings(BaseSettings):
     allowed_schemas: str = Field("geo", description="Comma-separated schemas ingest may write to.")
     stac_collection: str = Field("system-vectors", description="pgstac collection of ingested tables.")
     log_level: str = Field("INFO", description="Python log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object per line, with job_id and task_id where known."
+    )
+    applicationinsights_connection_string: SecretStr = Field(
+        SecretStr(""),
+        description="When set, traces (one per job, across its queue messages) go to Application Insights.",
+    )
 
     @field_validator("allowed_schemas")
     @classmethod

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from core import retention
 from core.machine import CoreMachine
 from core.models import JobRecord
 from infrastructure import database
@@ -23,6 +24,24 @@ JANITOR_LOCK = 7_071_000_100
 # queue stays fast where autovacuum is off or lagging: receiving skips over dead rows, and 130k of them
 # (a day of benchmarks, autovacuum off) made hello_world four times slower.
 VACUUM_DEAD_ROWS = 5_000
+
+STUCK_JOBS_SQL = (
+    "SELECT j.job_id, j.stage FROM app.jobs j"
+    " WHERE j.status IN ('queued', 'processing')"
+    "   AND j.updated_at < now() - make_interval(secs => %(age)s)"
+    "   AND NOT EXISTS (SELECT 1 FROM app.tasks t WHERE t.parent_job_id = j.job_id"
+    "        AND greatest(t.updated_at, t.heartbeat_at) > now() - make_interval(secs => %(age)s))"
+)
+# Served by jobs_uncleaned_idx (migration 005): only running jobs and interrupted cleanups have no cleaned_up_at.
+UNCLEANED_JOBS_SQL = (
+    "SELECT * FROM app.jobs WHERE cleaned_up_at IS NULL AND status IN ('completed', 'failed')"
+    " AND updated_at < now() - interval '30 seconds' ORDER BY updated_at LIMIT 50"
+)
+COUNT_RUN_SQL = (
+    "INSERT INTO app.janitor_counters (name, value)"
+    " SELECT k, v FROM unnest(%s::text[], %s::bigint[]) AS u(k, v)"
+    " ON CONFLICT (name) DO UPDATE SET value = app.janitor_counters.value + excluded.value, updated_at = now()"
+)
 
 
 class Janitor:
@@ -42,13 +61,26 @@ class Janitor:
                     "stuck_jobs_failed": self.fail_stuck_jobs(),
                     "cleanups_done": self.finish_cleanups(),
                     "outbox_relayed": self.relay_outbox(),
+                    **self.prune(),
                     "tables_vacuumed": self.vacuum_busy_tables(lock_conn),
                 }
+                self.count_run(report)
             finally:
                 lock_conn.execute("SELECT pg_advisory_unlock(%s)", [JANITOR_LOCK])
         if any(v for k, v in report.items() if k != "ran"):
             log.info("janitor: %s", report)
         return report
+
+    def prune(self) -> dict[str, int]:
+        """Retention (JOB_RETENTION_DAYS): old finished jobs and what only they used."""
+        return retention.prune(self.settings).as_dict()
+
+    def count_run(self, report: dict[str, Any]) -> None:
+        """Add this run to the janitor's counters (read by /api/metrics)."""
+        counts = {"runs": 1} | {k: int(v) for k, v in report.items() if isinstance(v, int) and k != "ran"}
+        counts["tables_vacuumed"] = len(report.get("tables_vacuumed") or [])
+        with database.connection() as conn:
+            conn.execute(COUNT_RUN_SQL, [list(counts), list(counts.values())])
 
     def vacuum_busy_tables(self, conn: psycopg.Connection) -> list[str]:
         """VACUUM (ANALYZE) the app tables with many dead rows; `conn` is in autocommit mode."""
@@ -66,14 +98,7 @@ class Janitor:
     def fail_stuck_jobs(self) -> int:
         """Jobs with no progress (job row or any task heartbeat) for job_stuck_after_seconds."""
         with database.connection() as conn:
-            rows = conn.execute(
-                "SELECT j.job_id, j.stage FROM app.jobs j"
-                " WHERE j.status IN ('queued', 'processing')"
-                "   AND j.updated_at < now() - make_interval(secs => %(age)s)"
-                "   AND NOT EXISTS (SELECT 1 FROM app.tasks t WHERE t.parent_job_id = j.job_id"
-                "        AND greatest(t.updated_at, t.heartbeat_at) > now() - make_interval(secs => %(age)s))",
-                {"age": self.settings.job_stuck_after_seconds},
-            ).fetchall()
+            rows = conn.execute(STUCK_JOBS_SQL, {"age": self.settings.job_stuck_after_seconds}).fetchall()
         failed = 0
         for r in rows:
             details = {
@@ -90,10 +115,7 @@ class Janitor:
     def finish_cleanups(self) -> int:
         """Cleanups that a crash interrupted (jobs that ended but were never cleaned)."""
         with database.connection() as conn:
-            rows = conn.execute(
-                "SELECT * FROM app.jobs WHERE status IN ('completed', 'failed') AND cleaned_up_at IS NULL"
-                " AND updated_at < now() - interval '30 seconds' ORDER BY updated_at LIMIT 50"
-            ).fetchall()
+            rows = conn.execute(UNCLEANED_JOBS_SQL).fetchall()
         for r in rows:
             job = JobRecord.model_validate(r)
             self.machine.cleanup_job(job, failed=job.status == "failed")

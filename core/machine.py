@@ -26,7 +26,7 @@ from core.models import (
     TaskQueueMessage,
     TaskRecord,
 )
-from infrastructure import database
+from infrastructure import database, telemetry
 from infrastructure.queues import MessageQueue, OutgoingMessage, get_queue
 from jobs import ALL_JOBS, JobBase
 from services import ALL_HANDLERS, Handler, TaskContext
@@ -62,7 +62,9 @@ class CoreMachine:
 
     # ------------------------------------------------------------------ messages
     def job_message(self, job: JobRecord, stage: int) -> OutgoingMessage:
-        msg = JobQueueMessage(job_id=job.job_id, job_type=job.job_type, stage=stage, run=job.run)
+        msg = JobQueueMessage(
+            job_id=job.job_id, job_type=job.job_type, stage=stage, run=job.run, trace_context=telemetry.trace_context()
+        )
         return OutgoingMessage(msg.message_id, msg.model_dump(mode="json"))
 
     def send_job_message(self, conn: psycopg.Connection, job: JobRecord, stage: int) -> None:
@@ -71,6 +73,12 @@ class CoreMachine:
     # ------------------------------------------------------------------ job messages
     def process_job_message(self, message: JobQueueMessage, settle: Settle = _no_settle) -> str:
         """Create the tasks of one stage (once), or finish the stage at once when it has none."""
+        with telemetry.message_span("job", message.model_dump(), message.trace_context) as span:
+            outcome = self._process_job_message(message, settle)
+            span.set_attribute("geoetl.outcome", outcome)
+            return outcome
+
+    def _process_job_message(self, message: JobQueueMessage, settle: Settle) -> str:
         after = AfterCommit()
         try:
             with database.connection() as conn:
@@ -122,6 +130,7 @@ class CoreMachine:
             stage=stage,
             attempt=attempt,
             run=job.run,
+            trace_context=telemetry.trace_context(),
         )
         return OutgoingMessage(msg.message_id, msg.model_dump(mode="json"), delay)
 
@@ -147,6 +156,12 @@ class CoreMachine:
     # ------------------------------------------------------------------ task messages
     def process_task_message(self, message: TaskQueueMessage, settle: Settle = _no_settle) -> str:
         """Run a task; complete it, and maybe its stage and job, in the transaction of its effects."""
+        with telemetry.message_span("task", message.model_dump(), message.trace_context) as span:
+            outcome = self._process_task_message(message, settle)
+            span.set_attribute("geoetl.outcome", outcome)
+            return outcome
+
+    def _process_task_message(self, message: TaskQueueMessage, settle: Settle) -> str:
         with database.connection() as conn:
             task = state.claim_task(conn, message.task_id, message.run)
             if task is None:

@@ -83,6 +83,7 @@ class JobQueueMessage(BaseModel):
     run: int = 1
     parameters: dict[str, Any] = Field(default_factory=dict)
     correlation_id: str = Field(default_factory=correlation_id)
+    trace_context: dict[str, str] = Field(default_factory=dict)  # W3C traceparent of the sender's span
 
     @property
     def message_id(self) -> str:
@@ -100,6 +101,7 @@ class TaskQueueMessage(BaseModel):
     attempt: int = 1
     run: int = 1
     correlation_id: str = Field(default_factory=correlation_id)
+    trace_context: dict[str, str] = Field(default_factory=dict)  # W3C traceparent of the sender's span
 
     @property
     def message_id(self) -> str:

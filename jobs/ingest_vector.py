@@ -96,6 +96,17 @@ class IngestVectorParameters(JobParameters):
     render_params: dict[str, Any] = Field(default_factory=dict, description="Kept for the viewer (STAC item).")
 
 
+# Chunks and rows of one job, from its completed tasks (tasks_job_stage_idx).
+PROGRESS_SQL = (
+    "SELECT sum(jsonb_array_length(result_data -> 'chunks')) FILTER (WHERE stage = 1) AS chunks_total,"
+    " sum(coalesce(result_data ->> 'total_rows', result_data ->> 'rows_estimate')::bigint)"
+    "   FILTER (WHERE stage = 1) AS rows_total,"
+    " count(*) FILTER (WHERE stage = 2) AS chunks_done,"
+    " coalesce(sum((result_data ->> 'rows_uploaded')::bigint) FILTER (WHERE stage = 2), 0) AS rows_loaded"
+    " FROM app.tasks WHERE parent_job_id = %s AND status = 'completed'"
+)
+
+
 class IngestVectorJob(JobBase):
     job_type = "ingest_vector"
     description = "Load a vector file into a PostGIS table with parallel chunked COPY, and catalog it in STAC"
@@ -332,15 +343,7 @@ class IngestVectorJob(JobBase):
 
     @classmethod
     def progress_details(cls, conn: psycopg.Connection, job: JobRecord) -> dict[str, Any]:
-        row = conn.execute(
-            "SELECT sum(jsonb_array_length(result_data -> 'chunks')) FILTER (WHERE stage = 1) AS chunks_total,"
-            " sum(coalesce(result_data ->> 'total_rows', result_data ->> 'rows_estimate')::bigint)"
-            "   FILTER (WHERE stage = 1) AS rows_total,"
-            " count(*) FILTER (WHERE stage = 2) AS chunks_done,"
-            " coalesce(sum((result_data ->> 'rows_uploaded')::bigint) FILTER (WHERE stage = 2), 0) AS rows_loaded"
-            " FROM app.tasks WHERE parent_job_id = %s AND status = 'completed'",
-            [job.job_id],
-        ).fetchone()
+        row = conn.execute(PROGRESS_SQL, [job.job_id]).fetchone()
         if row is None:
             return {}
         return {

@@ -81,3 +81,45 @@ def test_bare_names_resolve_in_schema_order() -> None:
     assert gw.resolve("a") == "geo.a" and gw.resolve("b") == "other.b" and gw.resolve("other.a") == "other.a"
     assert gw.resolve("c") is None and gw.resolve("geo.b") is None
     assert gw.default_id("zz") == "geo.zz" and gw.default_id("x.zz") == "x.zz"
+
+
+def test_catalog_generation_moves_with_tables_and_columns_not_with_statistics(database: str) -> None:
+    """Loading rows and ANALYZE leave the digest alone; a new, altered or dropped table moves it."""
+    import asyncio
+    import uuid
+
+    import asyncpg
+    import psycopg
+
+    from triggers.serving.catalog import GENERATION_SQL
+
+    table = f"gen_{uuid.uuid4().hex[:8]}"
+
+    async def generation() -> str:
+        conn = await asyncpg.connect(database)
+        try:
+            return str(await conn.fetchval(GENERATION_SQL, ["geo"]))
+        finally:
+            await conn.close()
+
+    def gen() -> str:
+        return asyncio.run(generation())
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        before = gen()
+        conn.execute(f"CREATE TABLE geo.{table} (id int, name text)")
+        created = gen()
+        assert created != before
+        conn.execute(f"INSERT INTO geo.{table} SELECT i, 'n' || i FROM generate_series(1, 5000) AS i")
+        conn.execute(f"ANALYZE geo.{table}")
+        assert gen() == created  # reltuples moved, the digest did not
+        conn.execute(f"ALTER TABLE geo.{table} ADD COLUMN extra int")
+        added = gen()
+        assert added != created
+        conn.execute(f"ALTER TABLE geo.{table} ALTER COLUMN extra TYPE bigint")
+        retyped = gen()
+        assert retyped != added
+        conn.execute(f"ALTER TABLE geo.{table} RENAME COLUMN name TO label")
+        assert gen() != retyped
+        conn.execute(f"DROP TABLE geo.{table}")
+        assert gen() == before

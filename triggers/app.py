@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from config.logging import configure_logging
-from infrastructure import database
+from infrastructure import database, telemetry
 from triggers import errors, health, serving
 
 log = logging.getLogger("geoetl.api")
@@ -28,6 +28,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     configure_logging()
+    telemetry.configure_from_settings()
     app = FastAPI(
         title="geoetl",
         description="Geospatial ingest orchestrator: submit jobs, follow them, query the results.",
@@ -36,6 +37,7 @@ def create_app() -> FastAPI:
         openapi_url="/api/openapi.json",
         redoc_url=None,
         lifespan=lifespan,
+        telemetry={"tracer_provider": telemetry.provider_override()},  # None: the global provider
     )
     errors.install(app)
     app.include_router(health.router, prefix="/api")
@@ -43,5 +45,10 @@ def create_app() -> FastAPI:
 
     app.include_router(jobs_api.router, prefix="/api")
     jobs_api.add_parameter_schemas(app)
+    from triggers import dashboard, deadletters_api, metrics
+
+    dashboard.register(app)
+    app.include_router(metrics.router, prefix="/api")
+    app.include_router(deadletters_api.router, prefix="/api")
     serving.register(app)
     return app

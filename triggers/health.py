@@ -83,7 +83,9 @@ def run_checks() -> tuple[bool, dict[str, Any]]:
         components[name]["ms"] = round((time.perf_counter() - t0) * 1000, 1)
     failing = [n for n, c in components.items() if c["status"] != "healthy"]
     status = "healthy" if not failing else "unhealthy"
-    return not failing, {"status": status, "failing": failing, "components": components}
+    base = get_settings().base_url
+    links = {"dashboard": f"{base}/api/dashboard", "metrics": f"{base}/api/metrics", "docs": f"{base}/api/docs"}
+    return not failing, {"status": status, "failing": failing, "components": components, "links": links}
 
 
 async def check_serving_part(app: Any) -> dict[str, Any]:

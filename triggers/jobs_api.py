@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -267,6 +268,16 @@ def job_status(job_id: str) -> dict[str, Any]:
         return job_status_body(conn, job)
 
 
+# One job's tasks: the count runs over that job's rows only (tasks_job_stage_idx).
+JOB_TASKS_SQL = (
+    "SELECT task_id, task_type, stage, task_index, status, attempts, result_data, error_details,"
+    " created_at, started_at, completed_at, count(*) OVER () AS total_count"
+    " FROM app.tasks WHERE parent_job_id = %(job)s"
+    " AND (%(stage)s::int IS NULL OR stage = %(stage)s) AND (%(status)s::text IS NULL OR status = %(status)s)"
+    " ORDER BY stage, task_index LIMIT %(limit)s OFFSET %(offset)s"
+)
+
+
 @router.get(
     "/jobs/{job_id}/tasks",
     summary="Tasks of a job",
@@ -285,11 +296,7 @@ def job_tasks(
         if state.get_job(conn, job_id) is None:
             raise ApiError(404, "not_found", f"no job with id {job_id}")
         rows = conn.execute(
-            "SELECT task_id, task_type, stage, task_index, status, attempts, result_data, error_details,"
-            " created_at, started_at, completed_at, count(*) OVER () AS total_count"
-            " FROM app.tasks WHERE parent_job_id = %(job)s"
-            " AND (%(stage)s::int IS NULL OR stage = %(stage)s) AND (%(status)s::text IS NULL OR status = %(status)s)"
-            " ORDER BY stage, task_index LIMIT %(limit)s OFFSET %(offset)s",
+            JOB_TASKS_SQL,
             {"job": job_id, "stage": stage, "status": status, "limit": limit, "offset": offset},
         ).fetchall()
     total = rows[0]["total_count"] if rows else 0
@@ -299,26 +306,54 @@ def job_tasks(
     return {"job_id": job_id, "total": total, "limit": limit, "offset": offset, "tasks": tasks}
 
 
+# Newest first, by status, type and creation time; each filter combination walks an index (migration 005).
+# The total is counted up to TOTAL_CAP rows along the same index (`total_capped` says when it stopped):
+# count(*) OVER () read every matching row on every page.
+TOTAL_CAP = 10_000
+LIST_JOBS_SQL = (
+    "SELECT job_id, job_type, status, stage, total_stages, run, created_at, updated_at, completed_at"
+    " FROM app.jobs"
+    " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
+    "   AND (%(type)s::text IS NULL OR job_type = %(type)s)"
+    "   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)"
+    "   AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)"
+    " ORDER BY created_at DESC, job_id LIMIT %(limit)s OFFSET %(offset)s"
+)
+COUNT_JOBS_SQL = (
+    "SELECT count(*) AS n FROM (SELECT 1 FROM app.jobs"
+    " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
+    "   AND (%(type)s::text IS NULL OR job_type = %(type)s)"
+    "   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)"
+    "   AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)"
+    " ORDER BY created_at DESC, job_id LIMIT %(cap)s) AS capped"
+)
+
+
+def list_jobs_page(
+    conn: Any, status: str | None, job_type: str | None, since: datetime | None, until: datetime | None,
+    limit: int, offset: int,
+) -> dict[str, Any]:
+    """One page of jobs, newest first, with the (capped) number of jobs matching the filters."""
+    args = {"status": status, "type": job_type, "since": since, "until": until, "limit": limit, "offset": offset,
+            "cap": TOTAL_CAP + 1}
+    rows = conn.execute(LIST_JOBS_SQL, args).fetchall()
+    counted = conn.execute(COUNT_JOBS_SQL, args).fetchone()["n"]
+    jobs = [
+        {k: (_iso(v) if k.endswith("_at") else v) for k, v in r.items()} | {"status_url": status_url(r["job_id"])}
+        for r in rows
+    ]
+    return {"total": min(counted, TOTAL_CAP), "total_capped": counted > TOTAL_CAP, "limit": limit,
+            "offset": offset, "jobs": jobs}
+
+
 @router.get("/jobs", summary="List jobs, newest first", dependencies=[Depends(require_read_key)])
 def list_jobs(
-    status: Literal["queued", "processing", "completed", "failed"] | None = None,
+    status: Literal["queued", "processing", "completed", "failed", "cancelled"] | None = None,
     job_type: str | None = Query(None, max_length=100, pattern=r"^[^\x00-\x1f]*$"),  # PostgreSQL text holds no NUL
+    since: datetime | None = Query(None, description="Jobs created at or after this time (ISO 8601)"),
+    until: datetime | None = Query(None, description="Jobs created before this time (ISO 8601)"),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=10_000_000),
 ) -> dict[str, Any]:
     with database.connection() as conn:
-        rows = conn.execute(
-            "SELECT job_id, job_type, status, stage, total_stages, run, created_at, updated_at, completed_at,"
-            " count(*) OVER () AS total_count FROM app.jobs"
-            " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
-            "   AND (%(type)s::text IS NULL OR job_type = %(type)s)"
-            " ORDER BY created_at DESC, job_id LIMIT %(limit)s OFFSET %(offset)s",
-            {"status": status, "type": job_type, "limit": limit, "offset": offset},
-        ).fetchall()
-    total = rows[0]["total_count"] if rows else 0
-    jobs = [
-        {k: (_iso(v) if k.endswith("_at") else v) for k, v in r.items() if k != "total_count"}
-        | {"status_url": status_url(r["job_id"])}
-        for r in rows
-    ]
-    return {"total": total, "limit": limit, "offset": offset, "jobs": jobs}
+        return list_jobs_page(conn, status, job_type, since, until, limit, offset)

@@ -20,7 +20,7 @@ from config import get_settings
 from core.janitor import Janitor
 from core.machine import CoreMachine
 from core.models import JobQueueMessage, TaskQueueMessage
-from infrastructure import database
+from infrastructure import database, telemetry
 from infrastructure.queues import MessageQueue, ReceivedMessage, get_queue
 from infrastructure.queues.base import redelivery_delay
 from services.context import must_wait, slot_busy
@@ -195,6 +195,7 @@ class Worker:
                 log.exception("janitor run failed")
 
     def run(self, grace_seconds: float = 60.0) -> None:
+        telemetry.configure_from_settings()
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         consumers = [

@@ -95,3 +95,42 @@ class MessageQueue(ABC):
 
     def close(self) -> None:  # noqa: B027 - a hook most backends do not need
         """Release connections and threads."""
+
+    # --- operations: queue statistics and dead letters (GET /api/metrics, /api/queues/...)
+    def queue_stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
+        """Depth, oldest waiting message and dead letters of each queue."""
+        raise NotImplementedError(f"{self.backend} queues report no statistics")
+
+    def dead_letters(self, queue: str, limit: int, after: str | None = None) -> DeadLetterPage:
+        """Dead-lettered messages, oldest first, `limit` at a time after the cursor `after`."""
+        raise NotImplementedError(f"{self.backend} queues cannot list dead letters")
+
+    def replay_dead_letters(self, queue: str, message_ids: Sequence[str] | None, limit: int) -> list[str]:
+        """Send dead-lettered messages (these ids, or the oldest `limit`) to their queue again; their ids."""
+        raise NotImplementedError(f"{self.backend} queues cannot replay dead letters")
+
+
+@dataclass
+class QueueStats:
+    depth: int
+    oldest_age_seconds: float | None
+    dead_letters: int
+    scheduled: int = 0  # waiting for their delay (a retry's backoff)
+
+
+@dataclass
+class DeadLetter:
+    message_id: str
+    body: dict[str, Any]
+    reason: str | None
+    dead_lettered_at: str | None
+    enqueued_at: str | None
+    delivery_count: int
+    cursor: str
+
+
+@dataclass
+class DeadLetterPage:
+    messages: list[DeadLetter]
+    total: int | None
+    next_cursor: str | None

@@ -16,7 +16,14 @@ import psycopg
 
 from config import get_settings
 from infrastructure import database
-from infrastructure.queues.base import MessageQueue, OutgoingMessage, ReceivedMessage
+from infrastructure.queues.base import (
+    DeadLetter,
+    DeadLetterPage,
+    MessageQueue,
+    OutgoingMessage,
+    QueueStats,
+    ReceivedMessage,
+)
 
 log = logging.getLogger(__name__)
 CHANNEL = "geoetl_queue"
@@ -43,6 +50,13 @@ UPDATE app.queue_messages m
 RETURNING m.id, m.message_id, m.body, m.delivery_count, m.lock_token, next.exhausted
 """
 MAX_DELIVERY_REASON = "MaxDeliveryCountExceeded"
+
+
+# Served by queue_parent_job_idx (migration 005).
+DISCARD_SQL = (
+    "DELETE FROM app.queue_messages WHERE queue = %s AND body ->> 'parent_job_id' = %s"
+    " AND dead_lettered_at IS NULL AND (lock_token IS NULL OR visible_at <= clock_timestamp())"
+)
 
 
 class PostgresQueue(MessageQueue):
@@ -74,11 +88,7 @@ class PostgresQueue(MessageQueue):
         )
 
     def discard_pending(self, conn: psycopg.Connection, queue: str, job_id: str) -> int:
-        cur = conn.execute(
-            "DELETE FROM app.queue_messages WHERE queue = %s AND body ->> 'parent_job_id' = %s"
-            " AND dead_lettered_at IS NULL AND (lock_token IS NULL OR visible_at <= clock_timestamp())",
-            [queue, job_id],
-        )
+        cur = conn.execute(DISCARD_SQL, [queue, job_id])
         return cur.rowcount
 
     # --- receiving and settling
@@ -186,3 +196,79 @@ class PostgresQueue(MessageQueue):
 
     def close(self) -> None:
         self._stop.set()
+
+    # --- operations: statistics and dead letters (each query walks an index of migration 005)
+    def queue_stats(self, queues: Sequence[str]) -> dict[str, QueueStats]:
+        with database.connection() as c:
+            return {q: _stats(c, q) for q in queues}
+
+    def dead_letters(self, queue: str, limit: int, after: str | None = None) -> DeadLetterPage:
+        with database.connection() as c:
+            rows = c.execute(DEAD_LETTERS_SQL, {"queue": queue, "after": int(after or 0), "limit": limit}).fetchall()
+            total = c.execute(DEAD_LETTER_COUNT_SQL, {"queue": queue}).fetchone()
+        messages = [
+            DeadLetter(
+                message_id=r["message_id"],
+                body=r["body"],
+                reason=r["dead_letter_reason"],
+                dead_lettered_at=r["dead_lettered_at"].isoformat(),
+                enqueued_at=r["enqueued_at"].isoformat(),
+                delivery_count=r["delivery_count"],
+                cursor=str(r["id"]),
+            )
+            for r in rows
+        ]
+        next_cursor = messages[-1].cursor if len(messages) == limit else None
+        return DeadLetterPage(messages, int(total["n"]) if total else 0, next_cursor)
+
+    def replay_dead_letters(self, queue: str, message_ids: Sequence[str] | None, limit: int) -> list[str]:
+        """Back in the queue as new: visible now, unlocked, its delivery count reset."""
+        with database.connection() as c:
+            rows = c.execute(
+                REPLAY_SQL, {"queue": queue, "ids": list(message_ids) if message_ids is not None else None,
+                             "limit": limit},
+            ).fetchall()
+        return [r["message_id"] for r in rows]
+
+
+STATS_SQL = """
+SELECT (SELECT count(*) FROM app.queue_messages
+         WHERE queue = %(queue)s AND dead_lettered_at IS NULL) AS depth,
+       (SELECT count(*) FROM app.queue_messages
+         WHERE queue = %(queue)s AND dead_lettered_at IS NULL AND visible_at > now()
+           AND lock_token IS NULL) AS scheduled,
+       (SELECT extract(epoch FROM clock_timestamp() - min(enqueued_at)) FROM app.queue_messages
+         WHERE queue = %(queue)s AND dead_lettered_at IS NULL) AS oldest_age,
+       (SELECT count(*) FROM app.queue_messages
+         WHERE queue = %(queue)s AND dead_lettered_at IS NOT NULL) AS dead_letters
+"""
+DEAD_LETTERS_SQL = (
+    "SELECT id, message_id, body, dead_letter_reason, dead_lettered_at, enqueued_at, delivery_count"
+    " FROM app.queue_messages WHERE queue = %(queue)s AND dead_lettered_at IS NOT NULL AND id > %(after)s"
+    " ORDER BY id LIMIT %(limit)s"
+)
+DEAD_LETTER_COUNT_SQL = (
+    "SELECT count(*) AS n FROM app.queue_messages WHERE queue = %(queue)s AND dead_lettered_at IS NOT NULL"
+)
+REPLAY_SQL = """
+UPDATE app.queue_messages m
+   SET dead_lettered_at = NULL, dead_letter_reason = NULL, lock_token = NULL, delivery_count = 0,
+       visible_at = clock_timestamp()
+ WHERE m.id IN (SELECT id FROM app.queue_messages
+                 WHERE queue = %(queue)s AND dead_lettered_at IS NOT NULL
+                   AND (%(ids)s::text[] IS NULL OR message_id = ANY(%(ids)s))
+                 ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+RETURNING m.message_id
+"""
+
+
+def _stats(conn: psycopg.Connection, queue: str) -> QueueStats:
+    row = conn.execute(STATS_SQL, {"queue": queue}).fetchone()
+    assert row is not None
+    age = row["oldest_age"]
+    return QueueStats(
+        depth=int(row["depth"]),
+        oldest_age_seconds=max(0.0, float(age)) if age is not None else None,
+        dead_letters=int(row["dead_letters"]),
+        scheduled=int(row["scheduled"]),
+    )

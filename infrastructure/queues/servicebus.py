@@ -29,6 +29,7 @@ import psycopg
 from config import get_settings
 from infrastructure import database
 from infrastructure.queues.base import MessageQueue, OutgoingMessage, ReceivedMessage
+from infrastructure.queues.servicebus_operations import ServiceBusOperations
 
 log = logging.getLogger(__name__)
 # Application property of a redelivery copy: the deliveries of the messages it replaces.
@@ -179,7 +180,7 @@ class _QueueReceiver:
         self.thread.join(timeout)
 
 
-class ServiceBusQueue(MessageQueue):
+class ServiceBusQueue(ServiceBusOperations, MessageQueue):
     backend = "servicebus"
 
     def __init__(self, client: Any | None = None, poll_seconds: float = POLL_SECONDS) -> None:

@@ -1,8 +1,8 @@
 """Keeps tipg's collection catalog fresh in every process, without restarts.
 
 tipg builds its catalog once, at startup. Tables are created by workers in other processes,
-so each API process compares a cheap database "generation" (a digest of the oids, column
-counts and row estimates of the tables in the served schemas) with the one its catalog was
+so each API process compares a cheap database "generation" (a digest of the oids and the
+columns of the tables in the served schemas) with the one its catalog was
 built from, and rebuilds the catalog when they differ:
 
 - the collections list, a collection and its items check the generation on every request
@@ -32,12 +32,17 @@ log = logging.getLogger("geoetl.serving")
 CHECK_INTERVAL = 1.0
 TTL = 300.0
 
-# Cheap: reads pg_class only. relnatts changes with columns, reltuples after ANALYZE (the
-# ingest's last step, which also makes tipg's extent estimate right).
+# Cheap: pg_class and pg_attribute of the served schemas. A table's oid and its columns (name, type,
+# type modifier, in order): it changes when a table appears, disappears or changes its columns, and not
+# when autoanalyze moves reltuples (which, digested, rebuilt the whole catalog in every API process
+# again and again while tables were loading).
 GENERATION_SQL = """
-SELECT md5(coalesce(string_agg(c.oid::text || ':' || c.relnatts || ':' || c.reltuples::bigint, ','
-                               ORDER BY c.oid), ''))
+SELECT md5(coalesce(string_agg(c.oid::text || ':' || coalesce(cols.sig, ''), ',' ORDER BY c.oid), ''))
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN LATERAL (
+    SELECT string_agg(a.attname || ' ' || a.atttypid::text || ' ' || a.atttypmod::text, ';' ORDER BY a.attnum) AS sig
+      FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+) AS cols ON true
 WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
 """
 

@@ -112,16 +112,18 @@ async def _count_and_extent(
     return int(row["n"]), False, _bbox(row)
 
 
+# Served by jobs_ingest_table_idx (migration 005).
+RENDER_PARAMS_SQL = (
+    "SELECT parameters -> 'render_params' FROM app.jobs"
+    " WHERE job_type = 'ingest_vector' AND status = 'completed'"
+    " AND parameters ->> 'table_name' = $1 AND coalesce(parameters ->> 'schema', $2) = $2"
+    " ORDER BY completed_at DESC LIMIT 1"
+)
+
+
 async def _render_params(conn: asyncpg.Connection, schema: str, table: str) -> Any:
     """render_params of the latest completed ingest of this table (None when there is none)."""
-    return await conn.fetchval(
-        "SELECT parameters -> 'render_params' FROM app.jobs"
-        " WHERE job_type = 'ingest_vector' AND status = 'completed'"
-        " AND parameters ->> 'table_name' = $1 AND coalesce(parameters ->> 'schema', $2) = $2"
-        " ORDER BY completed_at DESC NULLS LAST LIMIT 1",
-        table,
-        schema,
-    )
+    return await conn.fetchval(RENDER_PARAMS_SQL, table, schema)
 
 
 async def load_layer(pool: asyncpg.Pool, name: str, schemas: list[str], stac_collection: str) -> Layer | None:
