@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from config.logging import configure_logging
 from infrastructure import database
-from triggers import errors, health, serving
+from triggers import docs, errors, health, security, serving
 
 log = logging.getLogger("geoetl.api")
 
@@ -32,7 +32,7 @@ def create_app() -> FastAPI:
         title="geoetl",
         description="Geospatial ingest orchestrator: submit jobs, follow them, query the results.",
         version="0.1.0",
-        docs_url="/api/docs",
+        docs_url=None,  # served by triggers/docs.py (local assets, no inline script)
         openapi_url="/api/openapi.json",
         redoc_url=None,
         lifespan=lifespan,
@@ -43,5 +43,7 @@ def create_app() -> FastAPI:
 
     app.include_router(jobs_api.router, prefix="/api")
     jobs_api.add_parameter_schemas(app)
+    app.add_middleware(security.Hardening)
+    docs.install(app)
     serving.register(app)
     return app

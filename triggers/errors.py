@@ -22,7 +22,12 @@ class ApiError(Exception):
         self.extra = extra
 
 
+MAX_MESSAGE = 1000  # an error quotes at most a bounded prefix of what it was sent
+
+
 def error_body(kind: str, message: str, **extra: Any) -> dict[str, Any]:
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 1] + "…"
     return {"error": kind, "message": message, **extra}
 
 

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from config import get_settings
-from triggers.serving import viewer
+from triggers.serving import stac_errors, viewer
 from triggers.serving.features import CatalogGateway
 from triggers.serving.mount import MountedApp, MountRoot
 from triggers.serving.runtime import Serving
@@ -40,6 +40,7 @@ def register(app: FastAPI) -> None:
     """Mount the serving sub-applications and the viewer under /api."""
     serving = Serving.build(get_settings())
     app.state.serving = serving
+    stac_errors.install(serving.stac)
     _mount(app, "/api/features", MountedApp(CatalogGateway(serving.features, serving.keeper), serving.ready))
     _mount(app, "/api/stac", MountedApp(serving.stac, serving.ready))
     app.include_router(viewer.router, prefix="/api")

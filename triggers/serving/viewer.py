@@ -97,7 +97,7 @@ async def viewer(
         "style": layer.style,
         "items_url_all": f"{items_url}?limit={min(max(layer.count, 1), 10000)}",
         "tilejson_url": f"{collection_url}/tiles/WebMercatorQuad/tilejson.json",
-        "code": request.query_params.get("code") if settings.protect_reads else None,
+        "keyed": settings.protect_reads,  # the page reads ?code= from its own URL; it is never echoed
     }
     count_text = f"{'~' if layer.count_is_estimate else ''}{layer.count:,}"
     return _html(
