@@ -29,6 +29,7 @@ HTML_CSP = (
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 BODY_METHODS = ("POST", "PUT", "PATCH")
+DRAIN_FACTOR = 16  # bodies up to this many times the cap are read (and dropped) before the 413
 
 
 def json_depth(raw: bytes) -> int:
@@ -125,20 +126,24 @@ async def _read_body(scope: Scope, receive: Receive) -> bytes:
     too_large = BodyRefused(413, "request_too_large", f"the request body is larger than {limit} bytes "
                             "(MAX_REQUEST_BYTES)")
     declared = dict(scope.get("headers") or []).get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    while True:
+    if declared is not None and declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
+        raise too_large  # not worth reading: answered at once (the client may see the connection close)
+    chunks, size, more = [], 0, True
+    while more:
         message = await receive()
         if message["type"] != "http.request":
             break
         chunk = message.get("body", b"")
+        more = bool(message.get("more_body", False))
         size += len(chunk)
         if size > limit:
+            # read the rest without keeping it, so that the client reads the 413 instead of a reset
+            while more and size <= DRAIN_FACTOR * limit:
+                message = await receive()
+                size += len(message.get("body", b""))
+                more = message["type"] == "http.request" and bool(message.get("more_body", False))
             raise too_large
         chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
     return b"".join(chunks)
 
 

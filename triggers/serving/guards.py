@@ -105,9 +105,17 @@ def check_query(items: list[tuple[str, str]]) -> None:
             check_bbox(value)
 
 
+_TILE = re.compile(r"/tiles/(?:[^/]+/)?([+-]?\d+)/([+-]?\d+)/([+-]?\d+)(?:\.[A-Za-z0-9]+)?$")
+
+
 def check_path(path: str) -> None:
+    """NUL characters anywhere; tile coordinates that are negative (morecantile fails on them)."""
     if "\x00" in path:
         raise QueryRefused("the path holds a NUL character")
+    tile = _TILE.search(path) if "/tiles/" in path else None
+    if tile and any(int(v) < 0 for v in tile.groups()):
+        z, x, y = tile.groups()
+        raise QueryRefused(f"tile {z}/{x}/{y}: zoom, column and row are numbers from 0 up")
 
 
 def check_search_body(body: Any) -> None:
