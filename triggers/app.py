@@ -45,5 +45,6 @@ def create_app() -> FastAPI:
     jobs_api.add_parameter_schemas(app)
     app.add_middleware(security.Hardening)
     docs.install(app)
+    docs.document_errors(app)
     serving.register(app)
     return app

@@ -28,6 +28,9 @@ _OPEN, _CLOSE = "([{", ")]}"
 _TOKEN = re.compile(r"\s+|[()\[\]{}]|[+-]|[A-Za-z_][A-Za-z0-9_:.]*|'(?:[^']|'')*'?|\"[^\"]*\"?|[0-9.eE]+|.", re.S)
 
 
+_INTEGER = re.compile(r"^[+-]?\d{19,4300}$")  # 19 digits and more may be past 64 bits (int() stops at 4300)
+
+
 class QueryRefused(ValueError):
     """A query value over a limit: the message names the parameter and the limit."""
 
@@ -92,6 +95,18 @@ def check_bbox(value: str, name: str = "bbox") -> None:
             raise QueryRefused(f"'{name}' holds {part.strip()!r}; bbox coordinates must be finite numbers")
 
 
+NON_NEGATIVE = ("simplify",)  # tipg passes it to ST_SimplifyPreserveTopology, where GEOS fails on < 0
+
+
+def check_non_negative(key: str, value: str) -> None:
+    try:
+        number = float(value)
+    except ValueError:
+        return  # not a number: the API's own validation answers
+    if not (math.isfinite(number) and number >= 0):
+        raise QueryRefused(f"'{key}' is {preview(value, 24)}; it must be a finite number from 0 up")
+
+
 def check_query(items: list[tuple[str, str]]) -> None:
     """Every query parameter of a request, before routing: raises QueryRefused."""
     for key, value in items:
@@ -103,6 +118,10 @@ def check_query(items: list[tuple[str, str]]) -> None:
             raise QueryRefused(f"query parameter {preview(key)} nests more than {MAX_QUERY_NESTING} levels deep")
         if key == "bbox":
             check_bbox(value)
+        if key in NON_NEGATIVE:
+            check_non_negative(key, value)
+        if _INTEGER.match(value) and not -(2**63) <= int(value) < 2**63:
+            raise QueryRefused(f"query parameter {preview(key)} is {preview(value, 24)}: beyond 64-bit integers")
 
 
 _TILE = re.compile(r"/tiles/(?:[^/]+/)?([+-]?\d+)/([+-]?\d+)/([+-]?\d+)(?:\.[A-Za-z0-9]+)?$")

@@ -59,7 +59,20 @@ def _error_page(api: str, status: int, heading: str, message: str) -> HTMLRespon
     )
 
 
-@router.get("/vector/viewer", response_class=HTMLResponse, summary="Map viewer of an ingested table")
+_PAGE = {"text/html": {"schema": {"type": "string"}}}
+
+
+@router.get(
+    "/vector/viewer",
+    response_class=HTMLResponse,
+    summary="Map viewer of an ingested table",
+    responses={
+        400: {"description": "No table named (an HTML page saying so)", "content": _PAGE},
+        401: {"description": "API key required (PROTECT_READS)"},
+        404: {"description": "No such table (an HTML page saying so)", "content": _PAGE},
+        503: {"description": "Database unavailable (an HTML page saying so)", "content": _PAGE},
+    },
+)
 async def viewer(
     request: Request,
     collection: str | None = Query(None, description="Table name (as in the job) or schema.table"),

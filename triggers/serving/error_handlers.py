@@ -1,4 +1,9 @@
-"""The STAC API's errors in this API's format: 4xx for bad input, JSON always, never text/plain.
+"""Error handlers added to the mounted APIs, so that bad input is a 4xx JSON answer everywhere.
+
+tipg: any of its errors that features.py does not map (MissingGeometryColumn for a
+`geom-column` the table lacks, ...) is the client's mistake: 400.
+
+STAC: its errors in this API's format: 4xx for bad input, JSON always, never text/plain.
 
 stac-fastapi answers unhandled exceptions with a text/plain 500: a garbage `intersects`
 (a JSON decode error), a garbage paging token or an unknown filter operator (pgstac raises
@@ -18,6 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from stac_fastapi.api.errors import DEFAULT_STATUS_CODES
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from tipg.errors import TiPgError
 
 from triggers.errors import error_body
 
@@ -42,7 +48,18 @@ def _validation_text(errors: list[Any]) -> str:
     return "; ".join(parts[:10])
 
 
-def install(app: FastAPI) -> None:
+def install_tipg(app: FastAPI) -> None:
+    """A 400 for every tipg error without a handler of its own (the specific ones win: Starlette looks
+    handlers up along the exception's class hierarchy)."""
+
+    async def tipg_error(request: Request, exc: Exception) -> JSONResponse:
+        message = str(exc) or f"{type(exc).__name__}: the request does not fit this collection"
+        return JSONResponse(error_body("validation_error", message), status_code=400)
+
+    app.add_exception_handler(TiPgError, tipg_error)
+
+
+def install_stac(app: FastAPI) -> None:
     """Exception handlers on the STAC sub-application."""
     for exc_type, status in DEFAULT_STATUS_CODES.items():
         app.add_exception_handler(exc_type, _fixed(status))
@@ -54,7 +71,7 @@ def install(app: FastAPI) -> None:
     async def http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return stac_error(exc.status_code, type(exc).__name__, detail)
+        return stac_error(400 if exc.status_code == 422 else exc.status_code, type(exc).__name__, detail)
 
     async def bad_value(request: Request, exc: Exception) -> JSONResponse:
         return stac_error(400, "BadRequest", f"invalid query value: {exc}")
