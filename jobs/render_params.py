@@ -74,7 +74,7 @@ class RenderParams(BaseModel):
                     raise ValueError(f"render_params[{key!r}] is longer than {MAX_TEXT_LENGTH} characters")
                 if isinstance(item, float) and not math.isfinite(item):
                     raise ValueError(f"render_params[{key!r}] must be a finite number")
-        if len(json.dumps(self._plain(), ensure_ascii=False).encode()) > MAX_BYTES:
+        if len(json.dumps(self._plain())) > MAX_BYTES:  # ASCII-escaped: a lone surrogate is reported later, by path
             raise ValueError(f"render_params is larger than {MAX_BYTES} bytes as JSON")
         return self
 

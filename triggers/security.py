@@ -29,6 +29,7 @@ HTML_CSP = (
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 BODY_METHODS = ("POST", "PUT", "PATCH")
+JSON_NON_OBJECT_STARTS = {bytes([c]) for c in b'["-0123456789tfn'}
 DRAIN_FACTOR = 16  # bodies up to this many times the cap are read (and dropped) before the 413
 
 
@@ -67,10 +68,10 @@ def check_body(raw: bytes, path: str) -> None:
     text = raw.lstrip()
     if not text:
         return
-    if text[:1] != b"{":
-        raise BodyRefused(400, "invalid_json", "the request body must be a JSON object ({...})")
+    if text[:1] in JSON_NON_OBJECT_STARTS:  # JSON, but not an object (anything else: the route says why)
+        raise BodyRefused(400, "validation_error", "the request body must be a JSON object ({...})")
     if text.count(b"[") + text.count(b"{") > limit and json_depth(text) > limit:
-        raise BodyRefused(400, "invalid_json", f"the request body nests more than {limit} levels deep "
+        raise BodyRefused(400, "invalid_json", f"the request body is nested more than {limit} levels deep "
                           "(MAX_JSON_DEPTH)")
     if path.startswith("/api/stac"):
         try:
