@@ -204,13 +204,13 @@ def test_servicebus_message_is_acknowledged_after_its_completion_commits(db, dra
     the task's effects; the worker acknowledges a Service Bus message once its transaction committed."""
     from infrastructure.queues import ReceivedMessage
     from infrastructure.queues.servicebus import ServiceBusQueue
-    from tests.helpers import submit
+    from tests.helpers import receive_own, submit
     from triggers.worker import Worker
 
     job_id = submit("hello_world", {"n": 1, "message": nonce})
     local = Worker(concurrency=1)
-    local.handle(local.receive_one())  # fan-out through the postgres queue: one task and its message
-    task_msg = local.receive_one()
+    local.handle(receive_own(local, job_id))  # fan-out through the postgres queue: one task and its message
+    task_msg = receive_own(local, job_id)
     task_id = task_msg.body["task_id"]
     assert task_msg.body["parent_job_id"] == job_id
 
