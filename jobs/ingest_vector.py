@@ -151,12 +151,10 @@ class IngestVectorJob(JobBase):
             except UnsafeBlobName as exc:
                 raise JobValidationError(str(exc), field=field, kind=f"invalid_{field}") from None
         sources = get_settings().source_container_list
-        if params["container_name"] not in sources:
-            raise JobValidationError(
-                f"container_name {params['container_name'][:70]!r} is not a source container "
-                f"(allowed: {', '.join(sources) or 'none'}; SOURCE_CONTAINERS)",
-                field="container_name",
-                kind="container_not_allowed",
+        if params["container_name"] not in sources:  # 404 whether it exists or not: nothing to probe
+            raise ResourceNotFoundError(
+                f"container '{params['container_name'][:70]}' is not a source container "
+                f"(allowed: {', '.join(sources) or 'none'}; SOURCE_CONTAINERS)"
             )
         try:
             params["converter_params"] = validate_converter_params(ext, params["converter_params"])

@@ -309,11 +309,14 @@ def test_only_allowed_containers_are_sources(served: dict[str, Any], nonce: str)
     store.write_bytes(other, "private.geojson", body)
     store.write_bytes(settings.intermediate_container, f"{nonce}/chunk.geojson", body)
     url = f"{served['api']}/jobs/ingest_vector"
-    for container, blob in ((other, "private.geojson"), (settings.intermediate_container, f"{nonce}/chunk.geojson")):
+    missing = f"missing-{nonce}"
+    for container, blob in ((other, "private.geojson"), (settings.intermediate_container, f"{nonce}/chunk.geojson"),
+                            (missing, "private.geojson")):
         r = requests.post(url, json={"blob_name": blob, "container_name": container, "file_extension": "geojson",
                                      "table_name": f"t_{nonce}"}, timeout=30)
-        error = assert_error(r, 400, "not a source container", "SOURCE_CONTAINERS")
-        assert error["error"] == "container_not_allowed" and error["field"] == "container_name"
+        # the same answer whether the container exists or not: nothing to learn about the account
+        error = assert_error(r, 404, f"container '{container}' is not a source container", "SOURCE_CONTAINERS")
+        assert error["error"] == "not_found"
 
 
 def test_source_containers_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -100,17 +100,9 @@ def test_missing_blob_is_404_naming_it(nonce):
         submit_job("ingest_vector", base(f"{nonce}/absent.geojson", f"t_{nonce}"))
 
 
-def test_missing_container_is_404_naming_it(blob, nonce, monkeypatch):
-    from config import get_settings, reset_settings
-
-    monkeypatch.setenv("SOURCE_CONTAINERS", f"{get_settings().source_container},no-such-container")
-    reset_settings()
-    try:
-        with pytest.raises(ResourceNotFoundError, match="no-such-container"):
-            submit_job("ingest_vector", base(blob, f"t_{nonce}", container_name="no-such-container"))
-    finally:
-        monkeypatch.undo()
-        reset_settings()
+def test_missing_container_is_404_naming_it(blob, nonce):
+    with pytest.raises(ResourceNotFoundError, match="no-such-container"):
+        submit_job("ingest_vector", base(blob, f"t_{nonce}", container_name="no-such-container"))
 
 
 def test_shapefile_without_dbf_is_404_naming_it(nonce):
