@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -98,26 +99,21 @@ class Hardening:
         try:
             guards.check_path(scope.get("path", ""))
             guards.check_query(_query_items(scope))
+            if scope["method"] in BODY_METHODS:
+                raw = await _read_body(scope, receive)
+                check_body(raw, scope.get("path", ""))
+                receive = _replay(raw, receive)
         except guards.QueryRefused as exc:
             await _refusal(400, "validation_error", str(exc))(scope, receive, _with_headers(send))
             return
-        if scope["method"] in BODY_METHODS:
-            try:
-                raw = await _read_body(scope, receive)
-                check_body(raw, scope.get("path", ""))
-            except BodyRefused as exc:
-                await _refusal(exc.status, exc.kind, exc.message)(scope, receive, _with_headers(send))
-                return
-            except guards.QueryRefused as exc:
-                await _refusal(400, "validation_error", str(exc))(scope, receive, _with_headers(send))
-                return
-            receive = _replay(raw, receive)
+        except BodyRefused as exc:
+            await _refusal(exc.status, exc.kind, exc.message)(scope, receive, _with_headers(send))
+            return
         await self.app(scope, receive, _with_headers(send))
 
 
 def _query_items(scope: Scope) -> list[tuple[str, str]]:
-    from urllib.parse import parse_qsl
-
+    """The query as Starlette decodes it (what the routes will see)."""
     qs = scope.get("query_string", b"").decode("latin-1")
     return parse_qsl(qs, keep_blank_values=True, encoding="utf-8", errors="replace")
 
