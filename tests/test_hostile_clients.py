@@ -194,6 +194,8 @@ def test_features_cases_answer_4xx_json(served: dict[str, Any]) -> None:
                  (400, 404))
     assert_error(requests.get(f"{api}/vector/viewer", params={"collection": "a\x00b"}, timeout=30), 400, "NUL")
     assert_error(requests.get(f"{api}/jobs", params={"job_type": "a\x00b"}, timeout=30), 400)
+    long_name = requests.get(f"{api}/vector/viewer", params={"collection": "n" * 100_000}, timeout=30)
+    assert long_name.status_code == 404 and len(long_name.content) < 5000  # quotes a bounded prefix
     assert served["proc"].poll() is None
 
 

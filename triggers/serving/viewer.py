@@ -20,6 +20,11 @@ from config import get_settings
 from triggers.auth import require_read_key
 from triggers.serving.layers import load_layer
 
+
+def preview(value: str, limit: int = 130) -> str:
+    """A bounded prefix of user input (a table name is at most 63 characters, schema.table 127)."""
+    return value if len(value) <= limit else value[:limit] + "…"
+
 TRIGGERS = Path(__file__).resolve().parent.parent
 STATIC_DIR = TRIGGERS / "static"
 TEMPLATES = jinja2.Environment(
@@ -93,7 +98,8 @@ async def viewer(
                                  settings.stac_collection)
     if layer is None:
         return _error_page(
-            api, 404, "Table not found", f"There is no table named '{name}' with a geometry column to show."
+            api, 404, "Table not found",
+            f"There is no table named '{preview(name)}' with a geometry column to show.",
         )
     if mode not in ("geojson", "tiles"):
         mode = "geojson" if layer.count <= GEOJSON_MAX_FEATURES else "tiles"
