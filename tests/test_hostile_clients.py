@@ -384,6 +384,18 @@ def test_health_tells_anonymous_callers_only_up_or_down(database: str) -> None:
             assert "SASSIGNATURE" not in keyed.text and "sig=" not in keyed.text.replace("sig=***", "")
         wrong = requests.get(f"{base}/health", headers={"x-functions-key": "wrong"}, timeout=60)
         assert "error" not in wrong.json()["components"]["blob"]
+        stac = requests.get(f"{base}/stac/_mgmt/health", timeout=60)  # stac-fastapi's route, answered by us
+        assert stac.status_code == 200 and stac.json()["pgstac"]["status"] == "UP", stac.text
+        assert set(stac.json()["pgstac"]) == {"status", "pgstac_version"}
+
+
+def test_stac_health_route_tells_no_error_text(database: str) -> None:
+    """Database down after start: stac-fastapi's own health route would answer the driver's error text."""
+    with own_api(extra_port(4), "hostile-stac-health", DATABASE_URL=database.replace("/geoetl", "/geoetl_nope_")) as (
+            base, _proc):
+        r = requests.get(f"{base}/stac/_mgmt/health", timeout=60)
+        assert r.status_code == 503 and r.json()["pgstac"] == {"status": "DOWN"}, r.text
+        assert "nope" not in r.text and "postgres" not in r.text
 
 
 def test_percent_encoded_key_is_accepted_and_redacted_in_the_access_log(database: str, nonce: str) -> None:

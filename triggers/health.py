@@ -149,3 +149,16 @@ async def health(request: Request) -> JSONResponse:
     detailed = bool(get_settings().api_key_list) and presented_key_is_valid(request)
     answer = _scrubbed(body) if detailed else public_view(body)
     return JSONResponse(answer, status_code=200 if ok else 503)
+
+
+@router.get("/stac/_mgmt/health", include_in_schema=False)
+async def stac_health(request: Request) -> JSONResponse:
+    """stac-fastapi's own health route, answered here: its version answers anonymous callers with the
+    database error's text (host, user); this one says UP or DOWN and the pgstac version only."""
+    try:
+        info = await serving.check_serving(request.app)
+    except Exception:  # noqa: BLE001 - any failure is DOWN; the cause is for /api/health with a key
+        body = {"status": "DOWN", "lifespan": {"status": "UP"}, "pgstac": {"status": "DOWN"}}
+        return JSONResponse(body, status_code=503)
+    pgstac = {"status": "UP", "pgstac_version": info.get("pgstac")}
+    return JSONResponse({"status": "UP", "lifespan": {"status": "UP"}, "pgstac": pgstac})
