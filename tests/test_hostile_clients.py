@@ -297,7 +297,7 @@ def test_documented_render_params_are_kept_as_submitted(database: str, nonce: st
 # ---------------------------------------------------------------- source containers
 
 
-def test_only_allowed_containers_are_sources(served: dict[str, Any], nonce: str) -> None:
+def test_only_allowed_containers_are_sources(served: dict[str, Any], nonce: str, db: Any) -> None:
     from config import get_settings
     from infrastructure.blob import get_blob_store
 
@@ -312,8 +312,19 @@ def test_only_allowed_containers_are_sources(served: dict[str, Any], nonce: str)
     store.write_bytes(settings.intermediate_container, f"{nonce}/chunk.geojson", body)
     url = f"{served['api']}/jobs/ingest_vector"
     missing = f"missing-{nonce}"
-    for container, blob in ((other, "private.geojson"), (settings.intermediate_container, f"{nonce}/chunk.geojson"),
-                            (missing, "private.geojson")):
+    try:
+        _submit_from_each(url, nonce, [(other, "private.geojson"),
+                                       (settings.intermediate_container, f"{nonce}/chunk.geojson"),
+                                       (missing, "private.geojson")])
+    finally:  # nothing left behind (the container stays: the blob API has no container delete here)
+        store.delete_prefix(other, "private.geojson")
+        store.delete_prefix(settings.intermediate_container, f"{nonce}/")
+    jobs = db.execute("SELECT count(*) AS n FROM app.jobs WHERE parameters->>'table_name' = %s", [f"t_{nonce}"])
+    assert jobs.fetchone()["n"] == 0  # no job was created: nothing of those containers was read
+
+
+def _submit_from_each(url: str, nonce: str, sources: list[tuple[str, str]]) -> None:
+    for container, blob in sources:
         r = requests.post(url, json={"blob_name": blob, "container_name": container, "file_extension": "geojson",
                                      "table_name": f"t_{nonce}"}, timeout=30)
         # the same answer whether the container exists or not: nothing to learn about the account
