@@ -174,3 +174,21 @@ def test_swagger_ui_works_from_local_assets(browser: Any, api_server: str, path:
         assert all(u.startswith(origin) or u.startswith("data:") for u in urls), urls
     finally:
         page.close()
+
+
+def test_a_keyed_viewer_draws_with_the_key_of_its_own_address(browser: Any, hostile_table: dict[str, Any]) -> None:  # noqa: F811
+    """PROTECT_READS: the page never holds the key, yet its data requests carry it (read from the address)."""
+    from tests.test_hostile_clients import KEY, extra_port, own_api
+
+    with own_api(extra_port(5), "browser-keyed", API_KEYS=KEY, PROTECT_READS="true") as (base, _proc):
+        html = requests.get(f"{base}/vector/viewer", params={"collection": hostile_table["table"], "code": KEY},
+                            timeout=30)
+        assert html.status_code == 200 and KEY not in html.text
+        w = Watched(browser)
+        try:
+            w.open(f"{base}/vector/viewer?collection={hostile_table['table']}&code={KEY}")
+            data = [u for u in w.urls if "/features/collections/" in u]
+            assert data and all(f"code={KEY}" in u for u in data), data
+            assert w.problems == []
+        finally:
+            w.page.close()
