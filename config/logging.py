@@ -6,11 +6,24 @@ import json
 import logging
 import re
 from datetime import UTC, datetime
+from urllib.parse import unquote_plus
 
 from config.settings import get_settings
 
 NOISY = ("azure", "azure.core.pipeline.policies.http_logging_policy", "uamqp", "httpx", "urllib3")
-KEY_IN_QUERY = re.compile(r"([?&](?:code|key|api_key|sig)=)[^&\s\"]*", re.IGNORECASE)
+SECRET_PARAMS = {"code", "key", "api_key", "sig", "x-functions-key"}
+QUERY_PAIR = re.compile(r"([?&])([^=&?\s\"#]*)=([^&\s\"#]*)")
+
+
+def _redact_pair(match: re.Match[str]) -> str:
+    # The name is compared decoded, as the API reads it: ?co%64e= is ?code=
+    name = unquote_plus(unquote_plus(match.group(2))).strip().lower()
+    return f"{match.group(1)}{match.group(2)}=***" if name in SECRET_PARAMS else match.group(0)
+
+
+def redact_query(text: str) -> str:
+    """Text with the values of key-like query parameters replaced by ***."""
+    return QUERY_PAIR.sub(_redact_pair, text)
 
 
 class RedactKeys(logging.Filter):
@@ -18,9 +31,9 @@ class RedactKeys(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(KEY_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(redact_query(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
-            record.msg = KEY_IN_QUERY.sub(r"\1***", record.msg)
+            record.msg = redact_query(record.msg)
         return True
 
 

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     intermediate_container: str = Field(
         "geoetl-intermediate", description="Container for GeoParquet chunks (deleted when a job ends)."
     )
+    source_containers: str = Field(
+        "",
+        description="Comma-separated containers jobs may read source files from (empty: SOURCE_CONTAINER only); "
+        "the intermediate container never is one.",
+    )
     index_build_memory_mb: int = Field(
         256,
         ge=1,
@@ -127,6 +132,12 @@ class Settings(BaseSettings):
         description="Comma-separated keys; when set, write endpoints need x-functions-key or ?code=.",
     )
     protect_reads: bool = Field(False, description="When true, reads also need a key (if API_KEYS is set).")
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Request bodies larger than this are refused with 413 (bytes)."
+    )
+    max_json_depth: int = Field(
+        64, ge=4, le=1000, description="JSON request bodies nested deeper than this are refused with 400."
+    )
     allowed_schemas: str = Field("geo", description="Comma-separated schemas ingest may write to.")
     stac_collection: str = Field("system-vectors", description="pgstac collection of ingested tables.")
     log_level: str = Field("INFO", description="Python log level.")
@@ -162,6 +173,12 @@ class Settings(BaseSettings):
     @property
     def schema_allow_list(self) -> list[str]:
         return self.allowed_schemas.split(",") if self.allowed_schemas else []
+
+    @property
+    def source_container_list(self) -> list[str]:
+        """Containers a job may name as its source; never the intermediate one."""
+        named = [c.strip() for c in self.source_containers.split(",") if c.strip()] or [self.source_container]
+        return [c for c in named if c != self.intermediate_container]
 
     @property
     def api_key_list(self) -> list[str]:

@@ -41,12 +41,13 @@ Policies (the user-visible decisions):
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from config import get_settings
 from core.errors import ConflictError, JobValidationError, PermanentTaskError, ResourceNotFoundError
@@ -54,6 +55,7 @@ from core.models import JobExecutionContext, JobRecord, TaskDefinition, TaskStat
 from infrastructure import database
 from infrastructure.blob import UnsafeBlobName, check_blob_name, check_container_name, get_blob_store
 from jobs.base import JobBase, JobParameters, Stage, generate_task_id
+from jobs.render_params import RenderParams
 from services.vector.chunks import chunk_prefix
 from services.vector.formats import SUPPORTED_EXTENSIONS, ConverterParamsError, validate_converter_params
 from services.vector.identifiers import table_name_problem
@@ -67,11 +69,15 @@ log = logging.getLogger(__name__)
 PREPARE, LOAD, CATALOG = "prepare_vector_chunks", "load_vector_chunk", "create_vector_stac"
 
 
+ColumnName = Annotated[str, StringConstraints(max_length=63)]  # PostgreSQL identifiers are at most 63 bytes
+MAX_CONVERTER_PARAMS_BYTES = 8192
+
+
 class IndexParams(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     spatial: bool = Field(True, description="GiST index on the geometry.")
-    attributes: list[str] = Field(default_factory=list, max_length=64, description="Columns to b-tree index.")
-    temporal: list[str] = Field(
+    attributes: list[ColumnName] = Field(default_factory=list, max_length=64, description="Columns to b-tree index.")
+    temporal: list[ColumnName] = Field(
         default_factory=list, max_length=16, description="Date/timestamp columns: indexed, and the STAC datetime."
     )
 
@@ -90,10 +96,19 @@ class IngestVectorParameters(JobParameters):
     container_name: str = Field(default_factory=lambda: get_settings().source_container)
     schema_: str = Field("geo", alias="schema", description="Target schema (from ALLOWED_SCHEMAS).")
     chunk_size: int | None = Field(None, ge=1, le=1_000_000, description="Rows per chunk; automatic when absent.")
-    converter_params: dict[str, Any] = Field(default_factory=dict, description="Format-specific options.")
+    converter_params: dict[str, Any] = Field(
+        default_factory=dict, max_length=16, description="Format-specific options."
+    )
     indexes: IndexParams = Field(default_factory=IndexParams)
     geometry_params: GeometryParams = Field(default_factory=GeometryParams)
-    render_params: dict[str, Any] = Field(default_factory=dict, description="Kept for the viewer (STAC item).")
+    render_params: RenderParams = Field(default_factory=RenderParams, description="Kept for the viewer (STAC item).")
+
+    @field_validator("converter_params")
+    @classmethod
+    def _small(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(v, default=str)) > MAX_CONVERTER_PARAMS_BYTES:
+            raise ValueError(f"converter_params is larger than {MAX_CONVERTER_PARAMS_BYTES} bytes as JSON")
+        return v
 
 
 # Chunks and rows of one job, from its completed tasks (tasks_job_stage_idx).
@@ -146,6 +161,12 @@ class IngestVectorJob(JobBase):
                 check(params[field])
             except UnsafeBlobName as exc:
                 raise JobValidationError(str(exc), field=field, kind=f"invalid_{field}") from None
+        sources = get_settings().source_container_list
+        if params["container_name"] not in sources:  # 404 whether it exists or not: nothing to probe
+            raise ResourceNotFoundError(
+                f"container '{params['container_name'][:70]}' is not a source container "
+                f"(allowed: {', '.join(sources) or 'none'}; SOURCE_CONTAINERS)"
+            )
         try:
             params["converter_params"] = validate_converter_params(ext, params["converter_params"])
         except ConverterParamsError as exc:

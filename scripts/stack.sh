@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # The local stack of DESIGN §5: Azurite, migrations + containers, the API and two workers.
 #   scripts/stack.sh up | down | status | logs
-# Pids and logs live in .run/; `up` starts only what is not already running.
+# Pids and logs live in .run/; `up` starts only what is not already running. The API and the
+# workers run under triggers/supervisor.py, which restarts a crashed process within seconds and
+# logs the restart (.run/<name>.pid is the supervisor's pid, .run/<name>.child.pid the process's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=.run
+RUN=${GEOETL_RUN_DIR:-.run}
 mkdir -p "$RUN"
 API_PORT=${API_PORT:-7071}
 BLOB_PORT=${BLOB_PORT:-10000}
 WORKERS=${WORKERS:-2}
 export DATABASE_URL=${DATABASE_URL:-postgresql://postgres:postgres@127.0.0.1:5432/geoetl}
+
+SUPERVISE=(.venv/bin/python -m triggers.supervisor --run-dir "$RUN")
 
 alive() { [[ -f $RUN/$1.pid ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -44,8 +48,8 @@ up() {
   if ! alive api && port_busy "$API_PORT"; then
     echo "port $API_PORT is taken by a process this stack did not start" >&2; exit 1
   fi
-  start api .venv/bin/geoetl serve --port "$API_PORT"
-  for i in $(seq 1 "$WORKERS"); do start "worker-$i" .venv/bin/geoetl worker; done
+  start api "${SUPERVISE[@]}" --name api -- .venv/bin/geoetl serve --port "$API_PORT"
+  for i in $(seq 1 "$WORKERS"); do start "worker-$i" "${SUPERVISE[@]}" --name "worker-$i" -- .venv/bin/geoetl worker; done
   for _ in $(seq 1 90); do
     if curl -sf -m 5 -o /dev/null "http://127.0.0.1:$API_PORT/api/health"; then
       cat <<MSG
@@ -85,7 +89,8 @@ down() {
   local files=("$RUN"/*.pid)
   ((${#files[@]})) || { echo "nothing running"; return 0; }
   # workers and the API first, Azurite last
-  for f in "${files[@]}"; do [[ $f == *azurite.pid ]] || stop_one "$f"; done
+  for f in "${files[@]}"; do [[ $f == *azurite.pid || $f == *.child.pid ]] || stop_one "$f"; done
+  rm -f "$RUN"/*.child.pid "$RUN"/*.restarts
   [[ -f $RUN/azurite.pid ]] && stop_one "$RUN/azurite.pid"
   return 0
 }
@@ -94,7 +99,16 @@ status() {
   shopt -s nullglob
   for f in "$RUN"/*.pid; do
     n=$(basename "$f" .pid)
-    if alive "$n"; then echo "$n running (pid $(cat "$f"))"; else echo "$n NOT running (stale pid file)"; fi
+    [[ $n == *.child ]] && continue
+    if alive "$n"; then
+      extra=""
+      if [[ -f $RUN/$n.restarts ]]; then
+        extra=", process $(cat "$RUN/$n.child.pid" 2>/dev/null || echo '?'), restarts $(cat "$RUN/$n.restarts")"
+      fi
+      echo "$n running (pid $(cat "$f")$extra)"
+    else
+      echo "$n NOT running (stale pid file)"
+    fi
   done
   curl -s -m 10 "http://127.0.0.1:$API_PORT/api/health" || echo "API not answering"
 }

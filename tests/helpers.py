@@ -56,3 +56,23 @@ def every_message_twice(db: Any) -> Iterator[None]:
         yield
     finally:
         db.execute("DROP TRIGGER IF EXISTS test_duplicate ON app.queue_messages")
+
+
+def receive_own(worker: Any, job_id: str, timeout: float = 30.0) -> Any:
+    """The next queued message of job `job_id` (job or task message): messages of other tests' jobs are
+    held while looking and given back after, so a test never depends on what others left queued."""
+    held = []
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            msg = worker.receive_one()
+            if msg is None:
+                time.sleep(0.05)
+                continue
+            if job_id in (msg.body.get("job_id"), msg.body.get("parent_job_id")):
+                return msg
+            held.append(msg)
+        raise AssertionError(f"no message of job {job_id} within {timeout}s")
+    finally:
+        for msg in held:
+            worker.queue.release(msg)

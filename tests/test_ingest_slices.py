@@ -5,6 +5,7 @@ declaration or changes under the job fails with a clear message; a GEOMETRY laye
 from __future__ import annotations
 
 import itertools
+import json
 import sqlite3
 import threading
 from typing import Any
@@ -190,6 +191,33 @@ def test_a_file_replaced_after_planning_fails_the_slice_with_a_clear_message(non
     store.delete_prefix(vf.source_container(), blob)
     with pytest.raises(PermanentTaskError, match="was deleted while the job was loading it"):
         slice_source(task, store)
+
+
+def test_a_file_replaced_during_a_slice_read_fails_the_job_end_to_end(db, drain, nonce, monkeypatch):
+    """The file changes while a load task reads its slice (after the check before the read passed): the
+    check after the read fails the job, the table it created is dropped and nothing of it is served."""
+    from services.vector import prepare
+
+    blob = upload_gpkg(nonce, "moving", vf.frame(400))
+    replaced: list[str] = []
+    original = prepare.SourceReader._batch
+
+    def batch_then_replace(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if not replaced and self.src.ext == "gpkg" and "fid" in (self.src.layers[0].where or ""):
+            replaced.append(self.src.layers[0].where)
+            upload_gpkg(nonce, "moving", vf.frame(401))  # same name, new content (a new ETag)
+
+    monkeypatch.setattr(prepare.SourceReader, "_batch", batch_then_replace)
+    table = f"moving_{nonce}"
+    job_id = submit("ingest_vector", params(blob, table, chunk_size=100))
+    assert drain(job_id) == "failed"
+    assert len(replaced) == 1  # a slice read had begun, so the check before it had passed
+    job = vf.job_row(db, job_id)
+    assert "moving.gpkg' was replaced while the job was loading it; submit the job again" in json.dumps(
+        job["error_details"])
+    assert not vf.table_exists(db, "geo", table)
+    assert vf.job_row(db, job_id)["result_data"] is None
 
 
 def test_a_worker_gives_back_a_one_at_a_time_task_while_its_slot_is_taken():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.helpers import every_message_twice, submit
+from tests.helpers import every_message_twice, receive_own, submit
 
 
 def events(db, job_id):
@@ -99,7 +99,7 @@ def test_message_from_an_earlier_run_claims_nothing(db, drain, nonce):
     assert drain(job_id) == "failed"
     assert submit_job("hello_world", params).status == "rerun"
     w = Worker(concurrency=1)
-    job_msg = w.receive_one()  # run 2, stage 1: creates the task again, queued
+    job_msg = receive_own(w, job_id)  # run 2, stage 1: creates the task again, queued
     assert job_msg is not None and job_msg.body["run"] == 2
     w.handle(job_msg)
     task = db.execute("SELECT task_id, task_type FROM app.tasks WHERE parent_job_id = %s", [job_id]).fetchone()

@@ -90,18 +90,32 @@ def test_database_connections_cut_mid_job(db, workers, nonce):
     """Every worker connection is terminated twice mid-job (as a database restart does): the job completes."""
     workers.start(2, concurrency=2)
     job_id = submit("hello_world", {"n": 300, "sleep_ms": 100, "message": nonce})
+    cut: set[int] = set()
     cuts = 0
     deadline = time.time() + 60
     while cuts < 2 and time.time() < deadline:
         if job_status(job_id) == "processing":
-            db.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'geoetl'")
+            rows = db.execute(
+                "SELECT pid, pg_terminate_backend(pid) AS terminated FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'geoetl'"
+            ).fetchall()
+            # both workers had connections (pool and LISTEN), and each was really terminated
+            assert len(rows) >= 2 and all(r["terminated"] for r in rows), rows
+            cut |= {r["pid"] for r in rows}
             cuts += 1
             time.sleep(1.0)
         time.sleep(0.1)
     assert cuts == 2
+    gone_by = time.time() + 10
+    while db.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = ANY(%s)", [list(cut)]).fetchone()["n"]:
+        assert time.time() < gone_by, "terminated backends are still there"
+        time.sleep(0.1)
     assert wait_for_job(job_id, timeout=180) == "completed"
+    # the workers work on new connections, none of the cut ones (the LISTEN connection reconnected too)
+    now = db.execute("SELECT pid, query FROM pg_stat_activity WHERE datname = current_database()"
+                     " AND application_name = 'geoetl'").fetchall()
+    assert now and not {r["pid"] for r in now} & cut
+    assert any(r["query"].startswith("LISTEN") for r in now), now
     assert stage_rows(db, job_id) == [(1, "completed", 300), (2, "completed", 1)]
     assert advances(db, job_id) == [1]
 

@@ -54,14 +54,27 @@ def test_delayed_send_and_fifo(q):
 
 
 def test_listen_notify_wakes_waiter(q):
+    """The waiter wakes on the NOTIFY of a send, and only on it: a send whose NOTIFY is suppressed (its
+    trigger does not fire under session_replication_role = replica) leaves it asleep, so this test fails
+    when NOTIFY is broken."""
     import threading
 
     queue, name = q
-    queue.wait(0.01)  # starts the listener
-    time.sleep(0.3)
+    queue._listener = threading.Thread(target=queue._listen, name="queue-listener", daemon=True)
+    queue._listener.start()  # as wait() starts it, without a wait() that would clear the first wake-up
+    assert queue._wake.wait(30), "the listener never started listening"  # set once LISTEN ran
     queue._wake.clear()
+
+    with database.connection() as conn, conn.transaction():  # a message inserted without its NOTIFY
+        conn.execute("SET LOCAL session_replication_role = replica")
+        queue.send(conn, name, [OutgoingMessage("silent", {"id": "silent"})])
+    t0 = time.monotonic()
+    queue.wait(1.5)
+    assert time.monotonic() - t0 >= 1.4, "the waiter woke without a NOTIFY"
+
     threading.Timer(0.2, lambda: send(queue, name, "ping")).start()
     t0 = time.monotonic()
-    queue.wait(5.0)
-    assert time.monotonic() - t0 < 2.0
+    queue.wait(10.0)
+    assert time.monotonic() - t0 < 5.0, "the NOTIFY of a send did not wake the waiter"
+    assert {m.message_id for m in queue.receive(name, max_messages=10)} == {"silent", "ping"}
     queue.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,8 +122,10 @@ class Watched:
 
     def open(self, url: str) -> None:
         self.page.goto(url)
-        self.page.wait_for_function("document.body.dataset.state !== 'loading'", timeout=20000)
-        state = self.page.evaluate("document.body.dataset.state")
+        # polled from here: wait_for_function evaluates its predicate with eval, which the page's CSP forbids
+        deadline = time.monotonic() + 20
+        while (state := self.page.evaluate("document.body.dataset.state")) == "loading" and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert state == "ready", f"viewer state {state}: {self.page.inner_text('#status')}"
 
 

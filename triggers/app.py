@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from config.logging import configure_logging
 from infrastructure import database, telemetry
-from triggers import errors, health, serving
+from triggers import docs, errors, health, security, serving
 
 log = logging.getLogger("geoetl.api")
 
@@ -33,7 +33,7 @@ def create_app() -> FastAPI:
         title="geoetl",
         description="Geospatial ingest orchestrator: submit jobs, follow them, query the results.",
         version="0.1.0",
-        docs_url="/api/docs",
+        docs_url=None,  # served by triggers/docs.py (local assets, no inline script)
         openapi_url="/api/openapi.json",
         redoc_url=None,
         lifespan=lifespan,
@@ -50,5 +50,8 @@ def create_app() -> FastAPI:
     dashboard.register(app)
     app.include_router(metrics.router, prefix="/api")
     app.include_router(deadletters_api.router, prefix="/api")
+    app.add_middleware(security.Hardening)
+    docs.install(app)
+    docs.document_errors(app)
     serving.register(app)
     return app

@@ -21,6 +21,10 @@ def key_is_valid(key: str | None) -> bool:
     return key is not None and any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
 
 
+def presented_key_is_valid(request: Request) -> bool:
+    return key_is_valid(_presented(request))
+
+
 def require_write_key(request: Request) -> None:
     """Writes need a key whenever API_KEYS is set."""
     if not key_is_valid(_presented(request)):

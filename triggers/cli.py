@@ -22,6 +22,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port or s.api_port,
         log_level=s.log_level.lower(),
         workers=args.workers,
+        h11_max_incomplete_event_size=s.max_request_bytes,  # long URLs reach the API's own limits (JSON 400s)
     )
     return 0
 

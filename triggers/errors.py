@@ -22,7 +22,12 @@ class ApiError(Exception):
         self.extra = extra
 
 
+MAX_MESSAGE = 1000  # an error quotes at most a bounded prefix of what it was sent
+
+
 def error_body(kind: str, message: str, **extra: Any) -> dict[str, Any]:
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 1] + "…"
     return {"error": kind, "message": message, **extra}
 
 
@@ -45,11 +50,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
+        status = 400 if exc.status_code == 422 else exc.status_code  # bad input is 400 everywhere in this API
+        kind = {400: "validation_error", 404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+            status, "http_error"
+        )
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}; see /api/docs"
-        return JSONResponse(error_body(kind, message), status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(error_body(kind, message), status_code=status, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,7 +1,14 @@
-"""GET /api/health: each part's status; 503 naming the failing part."""
+"""GET /api/health: each part's status; 503 naming the failing part.
+
+Anonymous callers learn which part is up or down (and the database's versions, which the
+local stack's contract checks); the details — URLs (without query strings or credentials),
+queue depths, error classes and messages — are only for a caller with a valid API key, and
+only when API_KEYS is set. Nothing that could carry a secret reaches an answer either way.
+"""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +24,7 @@ from infrastructure.queues import get_queue
 from jobs import ALL_JOBS
 from services import ALL_HANDLERS
 from triggers import serving
+from triggers.auth import presented_key_is_valid
 
 router = APIRouter(tags=["health"])
 
@@ -79,7 +87,7 @@ def run_checks() -> tuple[bool, dict[str, Any]]:
         try:
             components[name] = {"status": "healthy", **check()}
         except Exception as exc:  # noqa: BLE001 - any failure makes the part unhealthy
-            components[name] = {"status": "unhealthy", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            components[name] = {"status": "unhealthy", "error": _error_text(exc)}
         components[name]["ms"] = round((time.perf_counter() - t0) * 1000, 1)
     failing = [n for n, c in components.items() if c["status"] != "healthy"]
     status = "healthy" if not failing else "unhealthy"
@@ -93,9 +101,43 @@ async def check_serving_part(app: Any) -> dict[str, Any]:
     try:
         part = {"status": "healthy", **(await serving.check_serving(app))}
     except Exception as exc:  # noqa: BLE001 - any failure makes the part unhealthy
-        part = {"status": "unhealthy", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        part = {"status": "unhealthy", "error": _error_text(exc)}
     part["ms"] = round((time.perf_counter() - t0) * 1000, 1)
     return part
+
+
+_URL = re.compile(r"\b([a-z][a-z0-9+.-]*://)(?:[^/@\s]*@)?([^\s?#\"']*)(?:[?#][^\s\"']*)?", re.I)
+_SECRET = re.compile(r"(password|accountkey|sharedaccesskey|sharedaccesssignature|sig|secret|token)=[^;&\s\"']*", re.I)
+
+
+def scrub(text: str) -> str:
+    """Text with URL credentials and query strings, and key=value secrets, removed."""
+    return _SECRET.sub(r"\1=***", _URL.sub(r"\1\2", text))
+
+
+def _error_text(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {scrub(str(exc))[:300]}"
+
+
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v) for v in value]
+    return scrub(value) if isinstance(value, str) else value
+
+
+PUBLIC_DATABASE_KEYS = ("postgresql", "postgis", "pgstac", "schema_version")
+
+
+def public_view(body: dict[str, Any]) -> dict[str, Any]:
+    """Which part is up or down, and the database's versions; nothing else."""
+    parts: dict[str, Any] = {}
+    for name, part in body["components"].items():
+        parts[name] = {"status": part["status"]}
+        if name == "database" and part["status"] == "healthy":
+            parts[name] |= {k: part[k] for k in PUBLIC_DATABASE_KEYS if k in part}
+    return {"status": body["status"], "failing": body["failing"], "components": parts}
 
 
 @router.get("/health", summary="Health of the database, blob store, queue, registries and serving layer")
@@ -106,4 +148,19 @@ async def health(request: Request) -> JSONResponse:
         ok = False
         body["failing"].append("serving")
         body["status"] = "unhealthy"
-    return JSONResponse(body, status_code=200 if ok else 503)
+    detailed = bool(get_settings().api_key_list) and presented_key_is_valid(request)
+    answer = _scrubbed(body) if detailed else public_view(body)
+    return JSONResponse(answer, status_code=200 if ok else 503)
+
+
+@router.get("/stac/_mgmt/health", include_in_schema=False)
+async def stac_health(request: Request) -> JSONResponse:
+    """stac-fastapi's own health route, answered here: its version answers anonymous callers with the
+    database error's text (host, user); this one says UP or DOWN and the pgstac version only."""
+    try:
+        info = await serving.check_serving(request.app)
+    except Exception:  # noqa: BLE001 - any failure is DOWN; the cause is for /api/health with a key
+        body = {"status": "DOWN", "lifespan": {"status": "UP"}, "pgstac": {"status": "DOWN"}}
+        return JSONResponse(body, status_code=503)
+    pgstac = {"status": "UP", "pgstac_version": info.get("pgstac")}
+    return JSONResponse({"status": "UP", "lifespan": {"status": "UP"}, "pgstac": pgstac})

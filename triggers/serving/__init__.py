@@ -19,7 +19,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from config import get_settings
-from triggers.serving import viewer
+from triggers import docs
+from triggers.serving import error_handlers, viewer
 from triggers.serving.features import CatalogGateway
 from triggers.serving.mount import MountedApp, MountRoot
 from triggers.serving.runtime import Serving
@@ -40,6 +41,10 @@ def register(app: FastAPI) -> None:
     """Mount the serving sub-applications and the viewer under /api."""
     serving = Serving.build(get_settings())
     app.state.serving = serving
+    error_handlers.install_stac(serving.stac)
+    error_handlers.install_tipg(serving.features)
+    for sub_app in (serving.features, serving.stac):
+        docs.document_errors(sub_app)
     _mount(app, "/api/features", MountedApp(CatalogGateway(serving.features, serving.keeper), serving.ready))
     _mount(app, "/api/stac", MountedApp(serving.stac, serving.ready))
     app.include_router(viewer.router, prefix="/api")

@@ -29,6 +29,7 @@ from tipg.openapi import _update_openapi
 from triggers import errors
 from triggers.errors import ApiError, error_body
 from triggers.serving.catalog import CatalogKeeper
+from triggers.serving.pages import tipg_templates
 
 log = logging.getLogger("geoetl.serving")
 
@@ -60,7 +61,7 @@ def build_app() -> FastAPI:
         redoc_url=None,
     )
     _update_openapi(app)
-    endpoints = Endpoints(title=TITLE, with_tiles_viewer=False, router_prefix="")
+    endpoints = Endpoints(title=TITLE, with_tiles_viewer=False, router_prefix="", templates=tipg_templates())
     app.include_router(endpoints.router)
     app.dependency_overrides[filter_query] = _parse_filter
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"], allow_headers=["*"])

@@ -20,6 +20,11 @@ from config import get_settings
 from triggers.auth import require_read_key
 from triggers.serving.layers import load_layer
 
+
+def preview(value: str, limit: int = 130) -> str:
+    """A bounded prefix of user input (a table name is at most 63 characters, schema.table 127)."""
+    return value if len(value) <= limit else value[:limit] + "…"
+
 TRIGGERS = Path(__file__).resolve().parent.parent
 STATIC_DIR = TRIGGERS / "static"
 TEMPLATES = jinja2.Environment(
@@ -59,7 +64,20 @@ def _error_page(api: str, status: int, heading: str, message: str) -> HTMLRespon
     )
 
 
-@router.get("/vector/viewer", response_class=HTMLResponse, summary="Map viewer of an ingested table")
+_PAGE = {"text/html": {"schema": {"type": "string"}}}
+
+
+@router.get(
+    "/vector/viewer",
+    response_class=HTMLResponse,
+    summary="Map viewer of an ingested table",
+    responses={
+        400: {"description": "No table named (an HTML page saying so)", "content": _PAGE},
+        401: {"description": "API key required (PROTECT_READS)"},
+        404: {"description": "No such table (an HTML page saying so)", "content": _PAGE},
+        503: {"description": "Database unavailable (an HTML page saying so)", "content": _PAGE},
+    },
+)
 async def viewer(
     request: Request,
     collection: str | None = Query(None, description="Table name (as in the job) or schema.table"),
@@ -80,7 +98,8 @@ async def viewer(
                                  settings.stac_collection)
     if layer is None:
         return _error_page(
-            api, 404, "Table not found", f"There is no table named '{name}' with a geometry column to show."
+            api, 404, "Table not found",
+            f"There is no table named '{preview(name)}' with a geometry column to show.",
         )
     if mode not in ("geojson", "tiles"):
         mode = "geojson" if layer.count <= GEOJSON_MAX_FEATURES else "tiles"
@@ -97,7 +116,7 @@ async def viewer(
         "style": layer.style,
         "items_url_all": f"{items_url}?limit={min(max(layer.count, 1), 10000)}",
         "tilejson_url": f"{collection_url}/tiles/WebMercatorQuad/tilejson.json",
-        "code": request.query_params.get("code") if settings.protect_reads else None,
+        "keyed": settings.protect_reads,  # the page reads ?code= from its own URL; it is never echoed
     }
     count_text = f"{'~' if layer.count_is_estimate else ''}{layer.count:,}"
     return _html(

@@ -12,11 +12,13 @@ function setState(state, message) {
   if (message !== undefined) statusEl.textContent = message;
 }
 
-// Adds the read key when the page was opened with ?code= (PROTECT_READS deployments).
+// Adds the read key when the page was opened with ?code= (PROTECT_READS deployments). The key
+// comes from the page's own address: the server never writes it into the page.
+const readKey = cfg.keyed ? new URLSearchParams(window.location.search).get('code') : null;
 function withKey(url) {
-  if (!cfg.code) return url;
+  if (!readKey) return url;
   const u = new URL(url, window.location.href);
-  u.searchParams.set('code', cfg.code);
+  u.searchParams.set('code', readKey);
   return u.toString().replace(/%7B/g, '{').replace(/%7D/g, '}');
 }
 
