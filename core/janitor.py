@@ -42,6 +42,7 @@ class Janitor:
                     "stuck_jobs_failed": self.fail_stuck_jobs(),
                     "cleanups_done": self.finish_cleanups(),
                     "outbox_relayed": self.relay_outbox(),
+                    "reconciled": self.reconcile(),
                     "tables_vacuumed": self.vacuum_busy_tables(lock_conn),
                 }
             finally:
@@ -91,13 +92,25 @@ class Janitor:
         """Cleanups that a crash interrupted (jobs that ended but were never cleaned)."""
         with database.connection() as conn:
             rows = conn.execute(
-                "SELECT * FROM app.jobs WHERE status IN ('completed', 'failed') AND cleaned_up_at IS NULL"
+                "SELECT * FROM app.jobs WHERE status IN ('completed', 'failed', 'cancelled') AND cleaned_up_at IS NULL"
                 " AND updated_at < now() - interval '30 seconds' ORDER BY updated_at LIMIT 50"
             ).fetchall()
         for r in rows:
             job = JobRecord.model_validate(r)
-            self.machine.cleanup_job(job, failed=job.status == "failed")
+            self.machine.cleanup_job(job, failed=job.status != "completed")
         return len(rows)
+
+    def reconcile(self) -> dict[str, int]:
+        """What each job type's outputs need to stay consistent (e.g. catalog entries of vanished tables)."""
+        done: dict[str, int] = {}
+        for job_cls in dict.fromkeys(self.machine.jobs.values()):
+            try:
+                for key, n in job_cls.reconcile().items():
+                    if n:
+                        done[key] = done.get(key, 0) + n
+            except Exception:
+                log.exception("reconciliation of %s failed; the next run tries again", job_cls.job_type)
+        return done
 
     def relay_outbox(self) -> int:
         relay = getattr(self.machine.queue, "relay", None)

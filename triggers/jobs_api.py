@@ -107,7 +107,7 @@ def submission_response(sub: Submission) -> JSONResponse:
     if sub.status == "rerun":
         body |= {
             "status": "queued",
-            "message": f"the job had failed; it runs again from stage {sub.rerun_from_stage}",
+            "message": f"{sub.reason or 'the job had failed'}; it runs again from stage {sub.rerun_from_stage}",
             "rerun_from_stage": sub.rerun_from_stage,
             "parameters": sub.parameters,
             "queue_info": sub.queue_info,
