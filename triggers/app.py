@@ -42,6 +42,9 @@ def create_app() -> FastAPI:
     from triggers import jobs_api
 
     app.include_router(jobs_api.router, prefix="/api")
+    from triggers import datasets_api
+
+    app.include_router(datasets_api.router, prefix="/api")
     jobs_api.add_parameter_schemas(app)
     serving.register(app)
     return app
