@@ -133,7 +133,6 @@ def checkpoint() -> None:
             row = conn.execute("SELECT status FROM app.jobs WHERE job_id = %s", [running.job_id]).fetchone()
         status = row["status"] if row else "deleted"
         if status not in ("queued", "processing"):
-            running.reason = status
-            running.stop.set()
+            stop_task(running.task_id, status)  # also ends what the server still runs for it (a COPY's tail)
     if running.stop.is_set():
         raise JobCancelled(f"the job is {running.reason}; task {running.task_id} stopped")
