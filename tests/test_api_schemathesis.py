@@ -15,7 +15,7 @@ def test_api_conforms_to_its_schema(database):
     from triggers.app import create_app
 
     schema = schemathesis.openapi.from_asgi("/api/openapi.json", create_app()).include(
-        path_regex=r"^/api/(jobs|health)"
+        path_regex=r"^/api/(jobs|health|datasets)"
     )
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 6
