@@ -11,7 +11,6 @@ from psycopg.types.json import Jsonb
 from core.models import JobRecord, TaskDefinition, TaskRecord, TaskResult, TaskStatus
 
 ACTIVE_JOB = ("queued", "processing")
-FINISHED_JOB = ("completed", "failed", "cancelled")
 
 
 def get_job(conn: psycopg.Connection, job_id: str, lock: bool = False) -> JobRecord | None:
