@@ -129,8 +129,12 @@ def checkpoint() -> None:
         return
     if not running.stop.is_set() and time.monotonic() - running.polled_at >= CANCEL_POLL_SECONDS:
         running.polled_at = time.monotonic()
-        with database.connection() as conn:
-            row = conn.execute("SELECT status FROM app.jobs WHERE job_id = %s", [running.job_id]).fetchone()
+        try:
+            with database.connection() as conn:
+                row = conn.execute("SELECT status FROM app.jobs WHERE job_id = %s", [running.job_id]).fetchone()
+        except Exception:  # no connection free right now: the next checkpoint asks again
+            log.debug("could not check whether job %s is still active", running.job_id, exc_info=True)
+            row = {"status": "queued"}
         status = row["status"] if row else "deleted"
         if status not in ("queued", "processing"):
             stop_task(running.task_id, status)  # also ends what the server still runs for it (a COPY's tail)

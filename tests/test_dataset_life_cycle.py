@@ -174,6 +174,10 @@ def test_append_twice_gives_exactly_the_sum_and_updates_the_item(db, drain, nonc
     assert second["result_data"]["published"]["rows_added"] == 250
     assert third["result_data"]["published"]["row_count"] == 357
     assert staging_table(second["job_id"]) not in staging_tables(db)
+    # "append" to a missing table created it, indexed as any new table; appends keep its indexes
+    indexes = sorted(r["indexname"] for r in db.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = 'geo' AND tablename = %s", [table]).fetchall())
+    assert indexes == sorted([f"{table}_geom_gist", f"{table}_pkey"]) == sorted(third["result_data"]["indexes"])
 
 
 def test_append_with_other_columns_fails_naming_them(db, drain, nonce):

@@ -158,16 +158,18 @@ def publish_vector_table(params: dict[str, Any], ctx: TaskContext) -> dict[str, 
     if not table_owner(conn, STAGING_SCHEMA, staging)[0]:
         raise PermanentTaskError(f"the staging table {STAGING_SCHEMA}.{staging} of this job is missing; submit again")
 
-    t0 = time.monotonic()
-    period = None
-    if mode == "append":  # the rows go into a table that has its indexes; only the extent is needed
-        staged_rows, bbox = table_extent(conn, STAGING_SCHEMA, staging)
-    else:
-        _, (staged_rows, bbox) = create_indexes(
+    def index_staging() -> tuple[int, list[float] | None]:
+        _, extent = create_indexes(
             conn, STAGING_SCHEMA, staging, spatial, attributes, temporal,
             meanwhile=lambda other: table_extent(other, STAGING_SCHEMA, staging),  # read while the GiST index builds
         )
-        period = temporal_range(conn, STAGING_SCHEMA, staging, temporal)
+        return extent
+
+    t0 = time.monotonic()
+    # Appended rows go into a table that has its indexes: staging then needs only its extent.
+    indexed = mode != "append" or not table_owner(conn, schema, table)[0]
+    staged_rows, bbox = index_staging() if indexed else table_extent(conn, STAGING_SCHEMA, staging)
+    period = temporal_range(conn, STAGING_SCHEMA, staging, temporal) if indexed else None
     index_seconds = time.monotonic() - t0
     if bbox is None:
         raise ValueError(f"table {STAGING_SCHEMA}.{staging} is empty; nothing to publish")
@@ -191,6 +193,9 @@ def publish_vector_table(params: dict[str, Any], ctx: TaskContext) -> dict[str, 
         item_params["columns"] = [{"name": c, "type": t} for c, t in columns.items() if c != GEOMETRY_COLUMN]
         action = "appended"
     else:
+        if not indexed:  # append to a table deleted since the check above: published as a new one
+            index_staging()
+            period = temporal_range(conn, STAGING_SCHEMA, staging, temporal)
         if exists:
             _drop_previous(conn, schema, table)
         _move_into(conn, staging, schema, table, index_suffixes(spatial, attributes, temporal))
