@@ -239,6 +239,12 @@ class IngestVectorJob(JobBase):
         if stage != 2:
             return
         prep = stage1_result(previous_results)
+        submitted = job.parameters.get("source_etag")
+        if submitted and cls.source_version(job.parameters).get("source_etag") != submitted:
+            raise PermanentTaskError(
+                f"file '{job.parameters['blob_name']}' changed after the job was submitted (its ETag is no longer "
+                f"{submitted}); submit the job again to load the new version"
+            )
         staging = staging_table(job.job_id)
         create_table(conn, STAGING_SCHEMA, staging, prep["columns"], prep["geometry_type"], job.job_id, job.run)
 

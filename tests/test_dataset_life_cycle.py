@@ -287,3 +287,33 @@ def test_index_names_are_unique_short_and_reported_exactly(db, drain, nonce):
     defs = [r["indexdef"] for r in db.execute(
         "SELECT indexdef FROM pg_indexes WHERE schemaname = 'geo' AND tablename = %s", [long_table]).fetchall()]
     assert any(f"({long_col})" in d for d in defs)
+
+
+def test_a_file_changed_after_submit_fails_the_job_instead_of_loading_another_version(db, drain, nonce):
+    blob = vf.upload(f"{nonce}/a.csv", csv_points(10))
+    table = f"chg_{nonce}"
+    job_id = submit_job("ingest_vector", params(blob, table)).job_id
+
+    def change_it(msg):
+        if msg.body.get("stage") == 2 and "task_id" not in msg.body:
+            vf.upload(blob, csv_points(11))
+
+    assert drain(job_id, on_message=change_it) == "failed"
+    assert "changed after the job was submitted" in vf.job_row(db, job_id)["error_details"]["error"]
+    assert not vf.table_exists(db, "geo", table) and staging_table(job_id) not in staging_tables(db)
+    fresh = submit_job("ingest_vector", params(blob, table))  # the new version is a new job
+    assert fresh.status == "created" and fresh.job_id != job_id
+
+
+def test_openapi_documents_the_life_cycle_routes(client):
+    doc = client.get("/api/openapi.json").json()
+    cancel = doc["paths"]["/api/jobs/{job_id}/cancel"]["post"]
+    assert set(cancel["responses"]) >= {"200", "400", "404", "409"}
+    ref = cancel["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    fields = doc["components"]["schemas"][ref]["properties"]
+    assert set(fields) >= {"job_id", "status", "idempotent", "previous_status", "tasks_dropped", "tasks_stopping"}
+    assert "delete" in doc["paths"]["/api/datasets/{dataset}"] and "get" in doc["paths"]["/api/datasets"]
+    body = doc["paths"]["/api/jobs/ingest_vector"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["if_exists"]["enum"] == ["fail", "replace", "append"]
+    status = doc["components"]["schemas"]["JobStatusResponse"]["properties"]["status"]
+    assert "cancelled" in status["enum"]
