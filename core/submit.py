@@ -97,7 +97,8 @@ def submit_job(job_type: str, raw_params: Any, machine: CoreMachine | None = Non
     if existing is not None and existing.status in ("failed", "cancelled"):
         with database.connection() as conn:
             job_cls.check_resources(existing.parameters, conn)
-        return _rerun(machine, existing, f"the job had {existing.status}")
+        verb = "failed" if existing.status == "failed" else "been cancelled"
+        return _rerun(machine, existing, f"the job had {verb}")
     if gone:
         with database.connection() as conn:
             job_cls.check_resources(existing.parameters, conn)  # type: ignore[union-attr]

@@ -95,7 +95,7 @@ class GeometryParams(BaseModel):
 class IngestVectorParameters(JobParameters):
     blob_name: str = Field(..., description="Path of the file in its container.")
     file_extension: str = Field(..., description=f"One of {', '.join(SUPPORTED_EXTENSIONS)}.")
-    table_name: str = Field(..., description="Target table (a new one).")
+    table_name: str = Field(..., description="Target table (new, or see if_exists).")
     container_name: str = Field(default_factory=lambda: get_settings().source_container)
     schema_: str = Field("geo", alias="schema", description="Target schema (from ALLOWED_SCHEMAS).")
     chunk_size: int | None = Field(None, ge=1, le=1_000_000, description="Rows per chunk; automatic when absent.")
