@@ -78,3 +78,12 @@ def test_cancel_a_queued_job(api_server, db, nonce):
     assert again.returncode == 0 and json.loads(again.stdout)["idempotent"] is True
     missing = geoetl("cancel", "0" * 64, "--api", api)
     assert missing.returncode == 1 and "no job" in missing.stderr
+    from triggers.worker import Worker
+
+    worker = Worker(concurrency=1)  # the job's stage-1 message is still queued: it finds the job cancelled
+    outcomes = []
+    while (msg := worker.receive_one()) is not None:
+        outcomes.append(worker.handle(msg))
+    assert "stale" in outcomes
+    assert vf.job_row(db, job_id)["status"] == "cancelled"
+    assert db.execute("SELECT count(*) AS n FROM app.tasks WHERE parent_job_id = %s", [job_id]).fetchone()["n"] == 0
