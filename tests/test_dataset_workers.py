@@ -229,3 +229,52 @@ def test_readers_see_the_old_or_the_new_1m_rows_never_an_error_or_a_mix(db, work
     # one reader's answers never go back from the new version to the old one
     assert all(not (a == new_rows and b == old_rows) for a, b in zip(seen["stac"], seen["stac"][1:], strict=False))
     assert len(seen["features"]) > 20 and len(seen["stac"]) > 10
+
+
+def test_worker_killed_inside_the_swap_keeps_the_old_version_served(db, workers, api_server, nonce):
+    """The kill lands inside the publishing transaction itself (after the old version was dropped in it):
+    the transaction never commits, readers get the old version, and another worker publishes the new one."""
+    table = f"ks_{nonce}"
+    blob = f"{nonce}/data.csv"
+    vf.upload(blob, csv_points(1_200))
+    first = submit_job("ingest_vector", params(blob, table, if_exists="replace")).job_id
+    workers.start(1, concurrency=2)
+    assert wait_for_job(first, timeout=120) == "completed"
+    workers.stop_all()
+
+    db.execute(f"""
+        CREATE OR REPLACE FUNCTION app.slow_swap_{nonce}() RETURNS event_trigger LANGUAGE plpgsql AS $$
+        DECLARE r record;
+        BEGIN
+            FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+                IF r.object_identity LIKE 'geo.j\\_%' THEN PERFORM pg_sleep(5); END IF;
+            END LOOP;
+        END $$;
+        CREATE EVENT TRIGGER slow_swap_{nonce} ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+            EXECUTE FUNCTION app.slow_swap_{nonce}();
+    """)
+    try:
+        vf.upload(blob, csv_points(3_000, x0=20.0))
+        second = submit_job("ingest_vector", params(blob, table, if_exists="replace")).job_id
+        victim = workers.start(1, concurrency=2)[0]
+
+        def swapping() -> bool:
+            return db.execute(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                " AND query LIKE 'ALTER TABLE%%SET SCHEMA%%' AND query LIKE %s", [f"%{second[:32]}%"]
+            ).fetchone()["n"] > 0
+
+        wait_until(swapping, 120, "the publishing transaction inside its swap")
+        workers.kill(victim)
+        db.execute(f"DROP EVENT TRIGGER slow_swap_{nonce}")  # the next attempt swaps at full speed
+        # readers wait for the dead transaction to end, then read the old version: no error, no mix
+        assert features_count(api_server, table) == 1_200 and stac_count(api_server, table) == (1_200, 1)
+        assert vf.job_row(db, second)["status"] in ("queued", "processing")
+        workers.start(1, concurrency=2)
+        assert wait_for_job(second, timeout=180) == "completed", vf.job_row(db, second)["error_details"]
+    finally:
+        db.execute(f"DROP EVENT TRIGGER IF EXISTS slow_swap_{nonce}")
+    assert features_count(api_server, table) == 3_000 and stac_count(api_server, table) == (3_000, 2)
+    assert not vf.table_exists(db, STAGING_SCHEMA, staging_table(second))
+    stage3 = db.execute("SELECT attempts FROM app.tasks WHERE parent_job_id = %s AND stage = 3", [second]).fetchone()
+    assert stage3["attempts"] >= 2  # the killed attempt, then the one that published
