@@ -317,3 +317,31 @@ def test_openapi_documents_the_life_cycle_routes(client):
     assert body["properties"]["if_exists"]["enum"] == ["fail", "replace", "append"]
     status = doc["components"]["schemas"]["JobStatusResponse"]["properties"]["status"]
     assert "cancelled" in status["enum"]
+
+
+def test_delete_and_cancel_need_a_write_key(monkeypatch, db, drain, client, nonce):
+    from config import reset_settings
+
+    table = f"key_{nonce}"
+    ingest(drain, db, params(vf.upload(f"{nonce}/a.csv", csv_points(5)), table))
+    queued = submit_job("hello_world", {"n": 1, "message": nonce}).job_id
+    monkeypatch.setenv("API_KEYS", "k1-secret")
+    reset_settings()
+    try:
+        assert client.delete(f"/api/datasets/geo.{table}").status_code == 401
+        assert client.post(f"/api/jobs/{queued}/cancel").status_code == 401
+        assert client.get("/api/datasets").status_code == 200  # reads stay public
+        assert vf.table_exists(db, "geo", table) and vf.job_row(db, queued)["status"] == "queued"
+        r = client.post(f"/api/jobs/{queued}/cancel", headers={"x-functions-key": "k1-secret"})
+        assert r.status_code == 200 and r.json()["previous_status"] == "queued"
+        assert client.delete(f"/api/datasets/geo.{table}", headers={"x-functions-key": "k1-secret"}).status_code == 200
+    finally:
+        monkeypatch.delenv("API_KEYS")
+        reset_settings()
+    assert not vf.table_exists(db, "geo", table) and vf.job_row(db, queued)["status"] == "cancelled"
+    from triggers.worker import Worker
+
+    worker = Worker(concurrency=1)  # its queued stage message finds the job cancelled and changes nothing
+    while (msg := worker.receive_one()) is not None:
+        worker.handle(msg)
+    assert vf.job_row(db, queued)["status"] == "cancelled"
