@@ -178,6 +178,9 @@ def test_append_twice_gives_exactly_the_sum_and_updates_the_item(db, drain, nonc
     indexes = sorted(r["indexname"] for r in db.execute(
         "SELECT indexname FROM pg_indexes WHERE schemaname = 'geo' AND tablename = %s", [table]).fetchall())
     assert indexes == sorted([f"{table}_geom_gist", f"{table}_pkey"]) == sorted(third["result_data"]["indexes"])
+    fourth = ingest(drain, db, params(vf.upload(f"{nonce}/d.csv", csv_points(3, first=357)), table,
+                                      if_exists="append", indexes={"attributes": ["n"]}))
+    assert f"{table}_n_idx" in fourth["result_data"]["indexes"] and rows_of(db, table) == 360
 
 
 def test_append_with_other_columns_fails_naming_them(db, drain, nonce):

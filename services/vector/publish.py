@@ -110,6 +110,27 @@ def _append(conn: psycopg.Connection, schema: str, table: str, staging: str) -> 
     return cur.rowcount
 
 
+def _index_missing_columns(conn: psycopg.Connection, schema: str, table: str, columns: list[str]) -> None:
+    """Appending with indexes the table lacks: build them (readers are not blocked; writers wait)."""
+    if not columns:
+        return
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+        " WHERE i.indrelid = %s::regclass AND i.indnatts = 1",
+        [qualified(schema, table).as_string(conn)],
+    ).fetchall()
+    indexed = {r["attname"] for r in rows}
+    taken = relation_names(conn, schema)
+    for col in dict.fromkeys(columns):
+        if col not in indexed:
+            name = free_index_name(table, f"{col}_idx", taken)
+            conn.execute(
+                sql.SQL("CREATE INDEX {} ON {} ({})").format(
+                    sql.Identifier(name), qualified(schema, table), sql.Identifier(col)
+                )
+            )
+
+
 def _move_into(conn: psycopg.Connection, staging: str, schema: str, table: str, suffixes: list[str]) -> None:
     """The staging table becomes schema.table; its indexes and sequence get names free in that schema."""
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
@@ -186,6 +207,7 @@ def publish_vector_table(params: dict[str, Any], ctx: TaskContext) -> dict[str, 
     item_params = dict(params)
     if mode == "append" and exists:
         rows_added = _append(conn, schema, table, staging)
+        _index_missing_columns(conn, schema, table, [*attributes, *temporal])
         row_count, bbox = table_extent(conn, schema, table)
         period = temporal_range(conn, schema, table, temporal)
         columns = table_columns(conn, schema, table)
