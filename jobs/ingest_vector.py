@@ -66,7 +66,7 @@ from services.vector.datasets import reconcile_catalog
 from services.vector.formats import SUPPORTED_EXTENSIONS, ConverterParamsError, validate_converter_params
 from services.vector.identifiers import table_name_problem
 from services.vector.prepare import no_usable_geometry, stage1_result
-from services.vector.publish import IF_EXISTS, check_target
+from services.vector.publish import check_target
 from services.vector.source import REQUIRED_SIDECARS, SHAPEFILE_SIDECARS, find_sidecar, shapefile_stem
 from services.vector.stac import tiles_url
 from services.vector.table import STAGING_SCHEMA, create_table, drop_owned_table, staging_table, table_owner
@@ -136,11 +136,10 @@ class IngestVectorJob(JobBase):
                 kind="unsupported_format",
             )
         params["file_extension"] = ext
-        assert params["if_exists"] in IF_EXISTS
         problem = table_name_problem(params["table_name"])
         if problem:
             raise JobValidationError(problem, field="table_name", kind="invalid_table_name")
-        allowed = [s for s in get_settings().schema_allow_list if s != STAGING_SCHEMA]
+        allowed = get_settings().schema_allow_list  # never geoetl_staging
         if params["schema"] not in allowed:
             raise JobValidationError(
                 f"schema '{params['schema']}' is not allowed. Allowed: {', '.join(allowed) or 'none'}",

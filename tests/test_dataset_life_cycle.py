@@ -80,13 +80,22 @@ def test_the_load_goes_to_staging_and_the_target_appears_only_when_published(db,
     assert staging_table(job_id) not in staging_tables(db)
 
 
-def test_staging_schema_is_never_a_target(db, nonce):
-    blob = vf.upload(f"{nonce}/a.csv", csv_points(10))
+def test_staging_schema_is_never_a_target_nor_served(db, nonce, monkeypatch):
+    from config import get_settings, reset_settings
     from core.errors import JobValidationError
+    from triggers.serving.settings import tipg_database_settings
 
-    with pytest.raises(JobValidationError) as info:
-        submit_job("ingest_vector", params(blob, f"t_{nonce}", schema=STAGING_SCHEMA))
-    assert info.value.kind == "schema_not_allowed"
+    blob = vf.upload(f"{nonce}/a.csv", csv_points(10))
+    monkeypatch.setenv("ALLOWED_SCHEMAS", f"geo,{STAGING_SCHEMA}")  # even when an operator lists it
+    reset_settings()
+    try:
+        with pytest.raises(JobValidationError) as info:
+            submit_job("ingest_vector", params(blob, f"t_{nonce}", schema=STAGING_SCHEMA))
+        assert info.value.kind == "schema_not_allowed"
+        assert STAGING_SCHEMA not in tipg_database_settings(get_settings()).schemas
+    finally:
+        monkeypatch.delenv("ALLOWED_SCHEMAS")
+        reset_settings()
 
 
 def test_if_exists_fail_refuses_at_submit_with_the_options(db, drain, nonce):

@@ -45,7 +45,6 @@ from services.vector.table import (
 
 # How long the publishing transaction waits for readers (and other publishers) of the target.
 PUBLISH_LOCK_TIMEOUT = "60s"
-IF_EXISTS = ("fail", "replace", "append")
 
 
 def lock_target(conn: psycopg.Connection, schema: str, table: str) -> None:
