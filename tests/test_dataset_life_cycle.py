@@ -357,3 +357,23 @@ def test_delete_and_cancel_need_a_write_key(monkeypatch, db, drain, client, nonc
     while (msg := worker.receive_one()) is not None:
         worker.handle(msg)
     assert vf.job_row(db, queued)["status"] == "cancelled"
+
+
+def test_a_view_on_the_table_blocks_replace_and_delete_with_a_clear_answer(db, drain, client, nonce):
+    blob = f"{nonce}/v.csv"
+    table = f"viewed_{nonce}"
+    vf.upload(blob, csv_points(15))
+    ingest(drain, db, params(blob, table))
+    db.execute(f"CREATE VIEW geo.v_{nonce} AS SELECT n FROM geo.{table}")
+    try:
+        vf.upload(blob, csv_points(16))
+        job = vf.run_ingest(drain, db, params(blob, table, if_exists="replace"))
+        assert job["status"] == "failed"
+        assert "other objects depend on it" in job["error_details"]["error"]
+        assert f"v_{nonce}" in job["error_details"]["error"]
+        assert rows_of(db, table) == 15 and staging_table(job["job_id"]) not in staging_tables(db)
+        r = client.delete(f"/api/datasets/geo.{table}")
+        assert r.status_code == 409 and f"v_{nonce}" in r.json()["message"]
+        assert rows_of(db, table) == 15 and item_of(db, table) is not None
+    finally:
+        db.execute(f"DROP VIEW IF EXISTS geo.v_{nonce}")
