@@ -195,7 +195,7 @@ class CoreMachine:
         with database.connection() as conn:
             job = state.get_job(conn, task.parent_job_id, lock=True)
             if job is None or job.status not in state.ACTIVE_JOB:
-                state.cancel_orphan_task(conn, task.task_id)
+                state.cancel_orphan_task(conn, task.task_id, f"stopped: the job is {job.status.value}" if job else None)
                 settle(conn)
                 if job is not None and job.status == "cancelled":
                     after.cleanups.append((job, True))  # now that this task stopped, its staging can go

@@ -102,13 +102,15 @@ def claim_task(conn: psycopg.Connection, task_id: str, run: int) -> TaskRecord |
     return TaskRecord.model_validate(row) if row else None
 
 
-def cancel_orphan_task(conn: psycopg.Connection, task_id: str) -> None:
-    """A task whose job has finished will never run: say so instead of leaving it queued."""
+def cancel_orphan_task(conn: psycopg.Connection, task_id: str, reason: str | None = None) -> None:
+    """A task whose job has finished will never run (or was stopped, `reason`): say so instead of leaving it
+    queued."""
     conn.execute(
-        "UPDATE app.tasks t SET status = 'cancelled', updated_at = now() FROM app.jobs j"
+        "UPDATE app.tasks t SET status = 'cancelled', updated_at = now(),"
+        " error_details = coalesce(%s, t.error_details) FROM app.jobs j"
         " WHERE t.task_id = %s AND j.job_id = t.parent_job_id AND j.status IN ('completed', 'failed', 'cancelled')"
         "   AND t.status IN ('queued', 'retrying', 'processing')",
-        [task_id],
+        [reason, task_id],
     )
 
 

@@ -86,6 +86,9 @@ def test_cancel_mid_copy_stops_the_copy_leaves_nothing_and_runs_again(db, worker
     stage2 = {r["status"] for r in db.execute(
         "SELECT status FROM app.tasks WHERE parent_job_id = %s AND stage = 2", [job_id]).fetchall()}
     assert stage2 == {"cancelled"}
+    stopped = db.execute("SELECT error_details FROM app.tasks WHERE parent_job_id = %s AND stage = 2"
+                         " AND attempts > 0", [job_id]).fetchall()
+    assert stopped and all(r["error_details"] == "stopped: the job is cancelled" for r in stopped)
     assert leftovers(db, job_id, table) == NOTHING
     again = requests.post(f"{api_server}/jobs/{job_id}/cancel", timeout=30)
     assert again.status_code == 200 and again.json()["idempotent"] is True
