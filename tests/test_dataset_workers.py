@@ -281,3 +281,49 @@ def test_worker_killed_inside_the_swap_keeps_the_old_version_served(db, workers,
     assert not vf.table_exists(db, STAGING_SCHEMA, staging_table(second))
     stage3 = db.execute("SELECT attempts FROM app.tasks WHERE parent_job_id = %s AND stage = 3", [second]).fetchone()
     assert stage3["attempts"] >= 2  # the killed attempt, then the one that published
+
+
+def test_readers_get_no_error_when_a_replace_changes_the_columns(db, workers, api_server, nonce):
+    """Readers that waited on the swap's lock query the new table with the old catalog's columns; the
+    features API then refreshes its catalog and answers from the new version instead of an error."""
+    table = f"cols_{nonce}"
+    blob = f"{nonce}/cols.csv"
+
+    def version(k: int) -> bytes:
+        value = (lambda i: i) if k % 2 else (lambda i: "v")  # the new column's type changes too
+        rows = "\n".join(f"{i},{45 + i % 50 * 0.01},{10 + i % 60 * 0.01},{value(i)}" for i in range(5_000 + k))
+        return (f"n,lat,lon,c{k}\n" + rows + "\n").encode()
+
+    p = params(blob, table, if_exists="replace")
+    vf.upload(blob, version(0))
+    workers.start(1, concurrency=2)
+    assert wait_for_job(submit_job("ingest_vector", p).job_id, timeout=120) == "completed"
+    errors: list[str] = []
+    seen: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            r = requests.get(f"{api_server}/features/collections/geo.{table}/items", params={"limit": 1}, timeout=60)
+            if r.status_code != 200:
+                errors.append(f"{r.status_code}: {r.text[:200]}")
+                continue
+            body = r.json()
+            extra = next(c for c in body["features"][0]["properties"] if c.startswith("c"))
+            seen.append((body["numberMatched"], extra))
+
+    readers = [threading.Thread(target=read, daemon=True) for _ in range(3)]
+    for t in readers:
+        t.start()
+    try:
+        for k in range(1, 4):
+            vf.upload(blob, version(k))
+            assert wait_for_job(submit_job("ingest_vector", p).job_id, timeout=120) == "completed"
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(60)
+    assert errors == []
+    assert set(seen) <= {(5_000 + k, f"c{k}") for k in range(4)}  # each answer is one whole version
+    assert seen[-1] == (5_003, "c3")

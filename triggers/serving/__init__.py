@@ -23,6 +23,7 @@ from triggers.serving import viewer
 from triggers.serving.features import CatalogGateway
 from triggers.serving.mount import MountedApp, MountRoot
 from triggers.serving.runtime import Serving
+from triggers.serving.stale_retry import StaleCatalogRetry
 
 log = logging.getLogger("geoetl.serving")
 
@@ -40,7 +41,8 @@ def register(app: FastAPI) -> None:
     """Mount the serving sub-applications and the viewer under /api."""
     serving = Serving.build(get_settings())
     app.state.serving = serving
-    _mount(app, "/api/features", MountedApp(CatalogGateway(serving.features, serving.keeper), serving.ready))
+    gateway = StaleCatalogRetry(CatalogGateway(serving.features, serving.keeper), serving.keeper)
+    _mount(app, "/api/features", MountedApp(gateway, serving.ready))
     _mount(app, "/api/stac", MountedApp(serving.stac, serving.ready))
     app.include_router(viewer.router, prefix="/api")
     app.mount("/api/vector/static", StaticFiles(directory=viewer.STATIC_DIR), name="vector-static")
