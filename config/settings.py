@@ -172,7 +172,8 @@ class Settings(BaseSettings):
 
     @property
     def schema_allow_list(self) -> list[str]:
-        return self.allowed_schemas.split(",") if self.allowed_schemas else []
+        # geoetl_staging holds tables while they load: never a target, never served
+        return [s for s in self.allowed_schemas.split(",") if s and s != "geoetl_staging"]
 
     @property
     def source_container_list(self) -> list[str]:

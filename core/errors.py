@@ -15,6 +15,10 @@ class RetryableTaskError(TaskError):
     """A transient problem (network, lock, service busy): the task is retried with backoff."""
 
 
+class JobCancelled(TaskError):
+    """The task's job was cancelled (or ended otherwise) while the task ran: stop, roll back."""
+
+
 class JobValidationError(ValueError):
     """Job parameters are invalid; `field` names the parameter at fault."""
 

@@ -34,7 +34,7 @@ STUCK_JOBS_SQL = (
 )
 # Served by jobs_uncleaned_idx (migration 005): only running jobs and interrupted cleanups have no cleaned_up_at.
 UNCLEANED_JOBS_SQL = (
-    "SELECT * FROM app.jobs WHERE cleaned_up_at IS NULL AND status IN ('completed', 'failed')"
+    "SELECT * FROM app.jobs WHERE cleaned_up_at IS NULL AND status IN ('completed', 'failed', 'cancelled')"
     " AND updated_at < now() - interval '30 seconds' ORDER BY updated_at LIMIT 50"
 )
 COUNT_RUN_SQL = (
@@ -62,6 +62,7 @@ class Janitor:
                     "cleanups_done": self.finish_cleanups(),
                     "outbox_relayed": self.relay_outbox(),
                     **self.prune(),
+                    "reconciled": self.reconcile(),
                     "tables_vacuumed": self.vacuum_busy_tables(lock_conn),
                 }
                 self.count_run(report)
@@ -118,8 +119,20 @@ class Janitor:
             rows = conn.execute(UNCLEANED_JOBS_SQL).fetchall()
         for r in rows:
             job = JobRecord.model_validate(r)
-            self.machine.cleanup_job(job, failed=job.status == "failed")
+            self.machine.cleanup_job(job, failed=job.status != "completed")
         return len(rows)
+
+    def reconcile(self) -> dict[str, int]:
+        """What each job type's outputs need to stay consistent (e.g. catalog entries of vanished tables)."""
+        done: dict[str, int] = {}
+        for job_cls in dict.fromkeys(self.machine.jobs.values()):
+            try:
+                for key, n in job_cls.reconcile().items():
+                    if n:
+                        done[key] = done.get(key, 0) + n
+            except Exception:
+                log.exception("reconciliation of %s failed; the next run tries again", job_cls.job_type)
+        return done
 
     def relay_outbox(self) -> int:
         relay = getattr(self.machine.queue, "relay", None)

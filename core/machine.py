@@ -30,6 +30,7 @@ from infrastructure import database, telemetry
 from infrastructure.queues import MessageQueue, OutgoingMessage, get_queue
 from jobs import ALL_JOBS, JobBase
 from services import ALL_HANDLERS, Handler, TaskContext
+from services.context import task_scope
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,8 @@ class CoreMachine:
                     conn=conn,
                     run=message.run,
                 )
-                result = handler(task.parameters, ctx)
+                with task_scope(task.task_id, task.parent_job_id, conn):  # lets a cancel stop it
+                    result = handler(task.parameters, ctx)
                 if not isinstance(result, dict):
                     raise TypeError(f"handler of {task.task_type} returned {type(result).__name__}, not a dict")
                 settle(conn)  # before complete_task takes the job row lock: one round trip less under it
@@ -208,8 +210,10 @@ class CoreMachine:
         with database.connection() as conn:
             job = state.get_job(conn, task.parent_job_id, lock=True)
             if job is None or job.status not in state.ACTIVE_JOB:
-                state.cancel_orphan_task(conn, task.task_id)
+                state.cancel_orphan_task(conn, task.task_id, f"stopped: the job is {job.status.value}" if job else None)
                 settle(conn)
+                if job is not None and job.status == "cancelled":
+                    after.cleanups.append((job, True))  # now that this task stopped, its staging can go
                 return "job_finished"
             if retry:
                 delay = self.settings.task_retry_backoff_seconds * 2 ** (task.attempts - 1)
@@ -248,6 +252,21 @@ class CoreMachine:
             return False
         self.queue.discard_pending(conn, self.settings.tasks_queue, job_id)
         return True
+
+    def cancel_job(self, job_id: str, reason: str = "cancelled by request") -> dict[str, Any] | None:
+        """Cancel an active job: waiting tasks and their messages are dropped at once, running ones stop at
+        their next checkpoint. Cleaned up now when nothing runs, else by the task that stops (or the janitor).
+        None when the job is not active."""
+        with database.connection() as conn:
+            outcome = state.cancel_job(conn, job_id, reason)
+            if outcome is None:
+                return None
+            outcome["messages_dropped"] = self.queue.discard_pending(conn, self.settings.tasks_queue, job_id)
+            job = state.get_job(conn, job_id)
+        self.queue.after_commit()
+        if job is not None and outcome["tasks_stopping"] == 0:
+            self.cleanup_job(job, failed=True)
+        return outcome
 
     def fail_poison_message(self, body: dict[str, Any], delivery_count: int, settle: Settle = _no_settle) -> str:
         """The queue's last allowed delivery of a message whose handling never finished (its worker keeps

@@ -102,13 +102,15 @@ def claim_task(conn: psycopg.Connection, task_id: str, run: int) -> TaskRecord |
     return TaskRecord.model_validate(row) if row else None
 
 
-def cancel_orphan_task(conn: psycopg.Connection, task_id: str) -> None:
-    """A task whose job has finished will never run: say so instead of leaving it queued."""
+def cancel_orphan_task(conn: psycopg.Connection, task_id: str, reason: str | None = None) -> None:
+    """A task whose job has finished will never run (or was stopped, `reason`): say so instead of leaving it
+    queued."""
     conn.execute(
-        "UPDATE app.tasks t SET status = 'cancelled', updated_at = now() FROM app.jobs j"
-        " WHERE t.task_id = %s AND j.job_id = t.parent_job_id AND j.status IN ('completed', 'failed')"
+        "UPDATE app.tasks t SET status = 'cancelled', updated_at = now(),"
+        " error_details = coalesce(%s, t.error_details) FROM app.jobs j"
+        " WHERE t.task_id = %s AND j.job_id = t.parent_job_id AND j.status IN ('completed', 'failed', 'cancelled')"
         "   AND t.status IN ('queued', 'retrying', 'processing')",
-        [task_id],
+        [reason, task_id],
     )
 
 
@@ -218,14 +220,48 @@ def progress(conn: psycopg.Connection, job_id: str) -> dict[str, dict[str, int]]
 
 
 def prepare_rerun(conn: psycopg.Connection, job: JobRecord, from_stage: int) -> int:
-    """Reset a failed job to re-run from a stage; returns the new run number."""
+    """Reset a finished job (failed, cancelled, or completed but its output gone) to re-run from a stage;
+    returns the new run number."""
     conn.execute("DELETE FROM app.tasks WHERE parent_job_id = %s AND stage >= %s", [job.job_id, from_stage])
     row = conn.execute(
         "UPDATE app.jobs SET status = 'queued', stage = %s, run = run + 1, error_details = NULL,"
         " result_data = NULL, completed_at = NULL, cleaned_up_at = NULL, updated_at = now()"
-        " WHERE job_id = %s AND status = 'failed' RETURNING run",
-        [from_stage, job.job_id],
+        " WHERE job_id = %s AND status = %s RETURNING run",
+        [from_stage, job.job_id, job.status.value],
     ).fetchone()
     assert row is not None
-    add_event(conn, job.job_id, "job_rerun", from_stage, {"previous_error": job.error_details})
+    previous = {"previous_status": job.status.value, "previous_error": job.error_details}
+    add_event(conn, job.job_id, "job_rerun", from_stage, previous)
     return int(row["run"])
+
+
+def cancel_job(conn: psycopg.Connection, job_id: str, reason: str) -> dict[str, Any] | None:
+    """Cancel an active job: status `cancelled`, its not-started tasks cancelled; None when it is not active.
+
+    Running tasks are left `processing`: they notice the cancellation (between batches, or when their
+    worker renews their lock), stop, roll back and are cancelled then (see services.context).
+    """
+    job = get_job(conn, job_id, lock=True)
+    if job is None or job.status not in ACTIVE_JOB:
+        return None
+    details = {"error": reason, "cancelled": True, "stage": job.stage}
+    conn.execute(
+        "UPDATE app.jobs SET status = 'cancelled', error_details = %s, updated_at = clock_timestamp(),"
+        " completed_at = clock_timestamp() WHERE job_id = %s",
+        [Jsonb(details), job_id],
+    )
+    dropped = conn.execute(
+        "UPDATE app.tasks SET status = 'cancelled', updated_at = now()"
+        " WHERE parent_job_id = %s AND status IN ('queued', 'retrying')",
+        [job_id],
+    ).rowcount
+    running = conn.execute(
+        "SELECT count(*) AS n FROM app.tasks WHERE parent_job_id = %s AND status = 'processing'", [job_id]
+    ).fetchone()
+    add_event(conn, job_id, "job_cancelled", job.stage, details)
+    return {
+        "previous_status": job.status.value,
+        "stage": job.stage,
+        "tasks_dropped": dropped,
+        "tasks_stopping": int(running["n"]) if running else 0,
+    }

@@ -1,7 +1,10 @@
 """Submitting a job: validate, hash, look up the existing job first, then check resources, then queue.
 
 The idempotency lookup comes before any check of the outside world, so resubmitting a running
-or finished job answers with that job, never with "table exists".
+or finished job answers with that job, never with "table exists". The one thing read outside first
+is the version of the job's input (a file's ETag), which is part of the job id: a changed file is a
+new job. A failed or cancelled job submitted again runs again; so does a completed one whose output
+has since been removed (its table dropped), after the submit-time checks.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Submission:
     job: JobRecord | None = None
     queue_info: dict[str, Any] = field(default_factory=dict)
     rerun_from_stage: int | None = None
+    reason: str | None = None  # why a finished job runs again
 
     @property
     def idempotent(self) -> bool:
@@ -84,15 +88,24 @@ def submit_job(job_type: str, raw_params: Any, machine: CoreMachine | None = Non
         raise UnknownJobType(job_type, list(machine.jobs))
     params = job_cls.validate_parameters(raw_params)
     check_storable(params)
+    params |= job_cls.source_version(params)
     job_id = job_cls.generate_job_id(params)
 
     with database.connection() as conn:
         existing = state.get_job(conn, job_id)
-    if existing is not None and existing.status != "failed":
+        gone = job_cls.output_missing(existing, conn) if existing and existing.status == "completed" else None
+    if existing is not None and existing.status in ("failed", "cancelled"):
+        with database.connection() as conn:
+            job_cls.check_resources(existing.parameters, conn)
+        verb = "failed" if existing.status == "failed" else "been cancelled"
+        return _rerun(machine, existing, f"the job had {verb}")
+    if gone:
+        with database.connection() as conn:
+            job_cls.check_resources(existing.parameters, conn)  # type: ignore[union-attr]
+        return _rerun(machine, existing, gone)  # type: ignore[arg-type]
+    if existing is not None:
         status = "already_completed" if existing.status == "completed" else existing.status
         return Submission(job_id, job_type, status, existing.parameters, existing)
-    if existing is not None:
-        return _rerun(machine, existing)
 
     with database.connection() as conn:
         job_cls.check_resources(params, conn)
@@ -128,15 +141,16 @@ def submit_job(job_type: str, raw_params: Any, machine: CoreMachine | None = Non
     )
 
 
-def _rerun(machine: CoreMachine, job: JobRecord) -> Submission:
-    """A failed job submitted again re-runs from the stage its job type says (after cleaning up)."""
+def _rerun(machine: CoreMachine, job: JobRecord, reason: str) -> Submission:
+    """A finished job submitted again re-runs from the stage its job type says (after cleaning up)."""
     job_cls = machine.jobs[job.job_type]
     if job.cleaned_up_at is None:
-        machine.cleanup_job(job, failed=True)
-    from_stage = job_cls.restart_stage(job.stage)
+        machine.cleanup_job(job, failed=job.status != "completed")
+    completed = job.status == "completed"
+    from_stage = 1 if completed else job_cls.restart_stage(job.stage)
     with database.connection() as conn:
         current = state.get_job(conn, job.job_id, lock=True)
-        if current is None or current.status != "failed":  # someone else re-ran it first
+        if current is None or current.status != job.status:  # someone else re-ran it first
             assert current is not None
             return Submission(job.job_id, job.job_type, current.status, current.parameters, current)
         run = state.prepare_rerun(conn, current, from_stage)
@@ -150,5 +164,6 @@ def _rerun(machine: CoreMachine, job: JobRecord) -> Submission:
         job.parameters,
         current,
         rerun_from_stage=from_stage,
+        reason=reason,
         queue_info={"queued": True, "queue_type": machine.queue.backend, "queue_name": get_settings().jobs_queue},
     )

@@ -118,6 +118,22 @@ class JobBase:
         """Remove what a run leaves behind (intermediate files; on failure, partial outputs). Idempotent."""
 
     @classmethod
+    def reconcile(cls) -> dict[str, int]:
+        """Janitor hook: repair what outlives jobs (outputs removed behind our back); counts by kind."""
+        return {}
+
+    @classmethod
+    def source_version(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """What the job reads, as found at submit (e.g. a file's ETag): part of the job id, so a changed
+        input is a new job and an unchanged one the same job. Empty when nothing outside is read."""
+        return {}
+
+    @classmethod
+    def output_missing(cls, job: JobRecord, conn: psycopg.Connection) -> str | None:
+        """Why a completed job's output no longer exists (so that submitting it again re-runs it), or None."""
+        return None
+
+    @classmethod
     def restart_stage(cls, failed_stage: int) -> int:
         """The stage a failed job re-runs from when it is submitted again."""
         return failed_stage

@@ -2,9 +2,10 @@
 
 Stage 1 (single)  prepare_chunks      stream the file, repair/reproject, write GeoParquet chunks;
                                       a GeoPackage with a declared geometry type: only plan fid-range slices
-Stage 2 (fan-out) upload_chunks       table created once (setup_stage), then one COPY task per chunk
+Stage 2 (fan-out) upload_chunks       staging table created once (setup_stage), then one COPY task per chunk
                                       (a slice task reads its fid range in place and prepares it itself)
-Stage 3 (single)  create_stac_record  indexes, ANALYZE, STAC item in pgstac
+Stage 3 (single)  create_stac_record  indexes and ANALYZE in staging, then publish in one transaction:
+                                      move (or append) into the target, owner comment, STAC item (publish.py)
 
 Policies (the user-visible decisions):
 - Geometry column type comes from every feature: one family -> Multi* of it (Polygon + MultiPolygon ->
@@ -35,8 +36,14 @@ Policies (the user-visible decisions):
   its .shx/.dbf, encrypted archive members, members over 100 MiB deflated more than 200:1 (zip bombs).
   GeoJSON geometry members GDAL cannot read (wrong types) are null geometries: dropped and counted.
   M values are dropped like Z. GDAL ends names and text at a NUL character.
-- A failed run drops the table it created (table comment `geoetl:<job_id>:r<run>`) and its STAC
-  item; chunks are deleted whenever a job ends. A resubmitted failed job re-runs from stage 1.
+- Stage 2 loads into the staging schema (geoetl_staging), which nothing serves; the target appears,
+  changes or grows only in stage 3's publishing transaction. if_exists: "fail" (default; checked at
+  submit and at publish), "replace" (new version swapped in), "append" (same columns: rows added).
+  Only tables geoetl created (JSON table comment naming the job) are replaced or appended to.
+- The job id includes the source blob's ETag read at submit: a changed file is a new job. A completed
+  job whose table has since been deleted runs again when submitted again.
+- A failed or cancelled run drops its staging table; chunks are deleted whenever a job ends. A
+  resubmitted failed or cancelled job re-runs from stage 1.
 """
 
 from __future__ import annotations
@@ -44,25 +51,27 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from config import get_settings
-from core.errors import ConflictError, JobValidationError, PermanentTaskError, ResourceNotFoundError
+from core.errors import ConflictError, JobValidationError, PermanentTaskError, ResourceNotFoundError, TaskError
 from core.models import JobExecutionContext, JobRecord, TaskDefinition, TaskStatus
 from infrastructure import database
 from infrastructure.blob import UnsafeBlobName, check_blob_name, check_container_name, get_blob_store
 from jobs.base import JobBase, JobParameters, Stage, generate_task_id
 from jobs.render_params import RenderParams
 from services.vector.chunks import chunk_prefix
+from services.vector.datasets import reconcile_catalog
 from services.vector.formats import SUPPORTED_EXTENSIONS, ConverterParamsError, validate_converter_params
 from services.vector.identifiers import table_name_problem
 from services.vector.prepare import no_usable_geometry, stage1_result
-from services.vector.source import REQUIRED_SIDECARS, find_sidecar, shapefile_stem
-from services.vector.stac import delete_owned_item, tiles_url
-from services.vector.table import create_table, drop_hint, drop_owned_table, table_exists
+from services.vector.publish import check_target
+from services.vector.source import REQUIRED_SIDECARS, SHAPEFILE_SIDECARS, find_sidecar, shapefile_stem
+from services.vector.stac import tiles_url
+from services.vector.table import STAGING_SCHEMA, create_table, drop_owned_table, staging_table, table_owner
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +101,7 @@ class GeometryParams(BaseModel):
 class IngestVectorParameters(JobParameters):
     blob_name: str = Field(..., description="Path of the file in its container.")
     file_extension: str = Field(..., description=f"One of {', '.join(SUPPORTED_EXTENSIONS)}.")
-    table_name: str = Field(..., description="Target table (a new one).")
+    table_name: str = Field(..., description="Target table (new, or see if_exists).")
     container_name: str = Field(default_factory=lambda: get_settings().source_container)
     schema_: str = Field("geo", alias="schema", description="Target schema (from ALLOWED_SCHEMAS).")
     chunk_size: int | None = Field(None, ge=1, le=1_000_000, description="Rows per chunk; automatic when absent.")
@@ -102,6 +111,14 @@ class IngestVectorParameters(JobParameters):
     indexes: IndexParams = Field(default_factory=IndexParams)
     geometry_params: GeometryParams = Field(default_factory=GeometryParams)
     render_params: RenderParams = Field(default_factory=RenderParams, description="Kept for the viewer (STAC item).")
+
+    if_exists: Literal["fail", "replace", "append"] = Field(
+        "fail",
+        description="When the target table exists: 'fail' (409), 'replace' (the new version is swapped in when "
+        "it is fully loaded and indexed; readers never see an error or a mix), 'append' (rows added; the file's "
+        "columns must exist in the table with the same types). Only tables geoetl created can be replaced or "
+        "appended to. 'append' to a missing table creates it.",
+    )
 
     @field_validator("converter_params")
     @classmethod
@@ -149,7 +166,7 @@ class IngestVectorJob(JobBase):
         problem = table_name_problem(params["table_name"])
         if problem:
             raise JobValidationError(problem, field="table_name", kind="invalid_table_name")
-        allowed = get_settings().schema_allow_list
+        allowed = get_settings().schema_allow_list  # never geoetl_staging
         if params["schema"] not in allowed:
             raise JobValidationError(
                 f"schema '{params['schema']}' is not allowed. Allowed: {', '.join(allowed) or 'none'}",
@@ -204,8 +221,42 @@ class IngestVectorJob(JobBase):
             )
         if size == 0:
             raise JobValidationError(f"file '{blob}' is empty (0 bytes)", field="blob_name", kind="empty_file")
-        if table_exists(conn, params["schema"], params["table_name"]):
-            raise ConflictError(drop_hint(params["schema"], params["table_name"]))
+        exists, owner = table_owner(conn, params["schema"], params["table_name"])
+        try:
+            check_target(params["if_exists"], exists, owner, params["schema"], params["table_name"])
+        except TaskError as exc:
+            raise ConflictError(str(exc)) from None
+
+    @classmethod
+    def source_version(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The ETag of the file (and of a Shapefile's .dbf/.shx/.prj beside it), as found at submit."""
+        store = get_blob_store()
+        container, blob = params["container_name"], params["blob_name"]
+        if not store.container_exists(container):
+            return {}
+        tags = [store.blob_version(container, blob)]
+        if params["file_extension"] == "shp":
+            for suffix in SHAPEFILE_SIDECARS:
+                found = find_sidecar(store, container, blob, suffix)
+                tags.append(store.blob_version(container, found[0]) if found else None)
+        if tags[0] is None:
+            return {}  # check_resources answers 404
+        return {"source_etag": ",".join(t or "-" for t in tags)}
+
+    @classmethod
+    def output_missing(cls, job: JobRecord, conn: psycopg.Connection) -> str | None:
+        schema, table = job.parameters["schema"], job.parameters["table_name"]
+        exists, owner = table_owner(conn, schema, table)
+        if not exists:
+            return f"table {schema}.{table}, which this job published, no longer exists"
+        if owner is None:
+            return f"table {schema}.{table} now exists but was not created by geoetl"
+        return None
+
+    @classmethod
+    def reconcile(cls) -> dict[str, int]:
+        with database.connection() as conn:
+            return reconcile_catalog(conn)
 
     @classmethod
     def metadata(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -216,12 +267,18 @@ class IngestVectorJob(JobBase):
     def setup_stage(
         cls, conn: psycopg.Connection, job: JobRecord, stage: int, previous_results: list[dict[str, Any]]
     ) -> None:
-        """Stage 2: create the table once, in the transaction that inserts the load tasks."""
+        """Stage 2: create the staging table once, in the transaction that inserts the load tasks."""
         if stage != 2:
             return
         prep = stage1_result(previous_results)
-        p = job.parameters
-        create_table(conn, p["schema"], p["table_name"], prep["columns"], prep["geometry_type"], job.job_id, job.run)
+        submitted = job.parameters.get("source_etag")
+        if submitted and cls.source_version(job.parameters).get("source_etag") != submitted:
+            raise PermanentTaskError(
+                f"file '{job.parameters['blob_name']}' changed after the job was submitted (its ETag is no longer "
+                f"{submitted}); submit the job again to load the new version"
+            )
+        staging = staging_table(job.job_id)
+        create_table(conn, STAGING_SCHEMA, staging, prep["columns"], prep["geometry_type"], job.job_id, job.run)
 
     @classmethod
     def create_tasks_for_stage(
@@ -234,6 +291,7 @@ class IngestVectorJob(JobBase):
             base = {**target, **{k: params[k] for k in keys}}
             return [TaskDefinition(task_id=generate_task_id(job_id, 1, "prepare"), task_type=PREPARE, parameters=base)]
         if stage == 2:
+            target = {"schema": STAGING_SCHEMA, "table_name": staging_table(job_id)}  # COPY into staging
             prep = stage1_result(previous_results)
             columns = [{"name": c["name"], "type": c["type"]} for c in prep["columns"]]
             catalog = {"indexes": prep["indexes"], "geometry_type": prep["geometry_type"], "columns": columns}
@@ -285,6 +343,9 @@ class IngestVectorJob(JobBase):
                         "source_container": params["container_name"],
                         "render_params": params.get("render_params") or {},
                         "job_id": job_id,
+                        "staging_table": staging_table(job_id),
+                        "if_exists": params.get("if_exists", "fail"),
+                        "source_etag": params.get("source_etag"),
                     },
                 )
             ]
@@ -338,6 +399,16 @@ class IngestVectorJob(JobBase):
                 "stac_id": stac.get("stac_id"),
                 "bbox": stac.get("bbox"),
             },
+            "published": {
+                "action": stac.get("published"),  # created | replaced | appended
+                "if_exists": params.get("if_exists", "fail"),
+                "version": stac.get("version"),
+                "rows_added": stac.get("rows_added"),
+                "row_count": stac.get("row_count"),
+                "previous_job_id": stac.get("previous_job_id"),
+                "source_etag": params.get("source_etag"),
+            },
+            "indexes": stac.get("indexes"),
             "ogc_features_url": settings.ogc_features_url(schema, table),
             "tiles_url": tiles_url(schema, table),
             "viewer_url": settings.viewer_url(table),
@@ -348,19 +419,19 @@ class IngestVectorJob(JobBase):
 
     @classmethod
     def cleanup(cls, job: JobRecord, failed: bool) -> None:
-        """Delete this run's chunks; after a failure also the table (and STAC item) this run created."""
+        """Delete this run's chunks; after a failure or a cancel also its staging table (a failed run never
+        published anything: publishing is the last step's transaction)."""
         get_blob_store().delete_prefix(get_settings().intermediate_container, chunk_prefix(job.job_id, job.run))
         if not failed:
             return
-        schema, table = job.parameters["schema"], job.parameters["table_name"]
+        staging = staging_table(job.job_id)
         with database.connection() as conn:
-            if drop_owned_table(conn, schema, table, job.job_id, job.run):
-                log.info("dropped %s.%s left by failed job %s", schema, table, job.job_id)
-            delete_owned_item(conn, schema, table, job.job_id)
+            if drop_owned_table(conn, STAGING_SCHEMA, staging, job.job_id, job.run):
+                log.info("dropped staging table %s.%s of job %s (%s)", STAGING_SCHEMA, staging, job.job_id, job.status)
 
     @classmethod
     def restart_stage(cls, failed_stage: int) -> int:
-        return 1  # chunks and the table are deleted when a job fails: start from the file again
+        return 1  # chunks and the staging table are deleted when a job fails: start from the file again
 
     @classmethod
     def progress_details(cls, conn: psycopg.Connection, job: JobRecord) -> dict[str, Any]:

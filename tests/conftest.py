@@ -154,7 +154,7 @@ def drain(database: str) -> Callable[..., str]:
         deadline = time.time() + timeout
         while time.time() < deadline:
             status = job_status(job_id)
-            if status in ("completed", "failed"):
+            if status in ("completed", "failed", "cancelled"):
                 return status
             msg = worker.receive_one()
             if msg is None:

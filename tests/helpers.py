@@ -21,7 +21,7 @@ def wait_for_job(job_id: str, timeout: float = 300.0) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
         status = job_status(job_id)
-        if status in ("completed", "failed"):
+        if status in ("completed", "failed", "cancelled"):
             return status
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish within {timeout}s (status {job_status(job_id)})")

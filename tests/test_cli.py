@@ -57,3 +57,33 @@ def test_failed_ingest_exits_non_zero(api_server, workers, nonce):
     r = geoetl("ingest", str(path), "--table", f"cli_empty_{nonce}", "--wait", "--api",
                api_server.removesuffix("/api"), "--blob-name", f"cli/{nonce}/empty.geojson")
     assert r.returncode == 1 and "job failed at stage 1" in r.stderr
+
+
+def test_cancel_a_queued_job(api_server, db, nonce):
+    """No worker runs: the job waits in the queue, `geoetl cancel` ends it and nothing is left to run."""
+    from core.submit import submit_job
+    from tests import vector_files as vf
+
+    blob = vf.upload(f"cli/{nonce}/q.geojson", vf.geojson([(vf.points(1)[0], {"a": 1})]))
+    job_id = submit_job("ingest_vector", {"blob_name": blob, "file_extension": "geojson",
+                                          "table_name": f"cli_q_{nonce}"}).job_id
+    api = api_server.removesuffix("/api")
+    r = geoetl("cancel", job_id, "--api", api)
+    assert r.returncode == 0, r.stderr
+    body = json.loads(r.stdout)
+    assert body["status"] == "cancelled" and body["previous_status"] == "queued" and body["tasks_stopping"] == 0
+    row = vf.job_row(db, job_id)
+    assert row["status"] == "cancelled" and row["cleaned_up_at"] is not None
+    again = geoetl("cancel", job_id, "--api", api)
+    assert again.returncode == 0 and json.loads(again.stdout)["idempotent"] is True
+    missing = geoetl("cancel", "0" * 64, "--api", api)
+    assert missing.returncode == 1 and "no job" in missing.stderr
+    from triggers.worker import Worker
+
+    worker = Worker(concurrency=1)  # the job's stage-1 message is still queued: it finds the job cancelled
+    outcomes = []
+    while (msg := worker.receive_one()) is not None:
+        outcomes.append(worker.handle(msg))
+    assert "stale" in outcomes
+    assert vf.job_row(db, job_id)["status"] == "cancelled"
+    assert db.execute("SELECT count(*) AS n FROM app.tasks WHERE parent_job_id = %s", [job_id]).fetchone()["n"] == 0

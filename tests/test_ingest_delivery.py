@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from core.models import TaskQueueMessage
+from services.vector.table import STAGING_SCHEMA
 from tests import vector_files as vf
 from tests.helpers import every_message_twice, submit, wait_for_job
 
@@ -107,7 +108,7 @@ def test_worker_killed_mid_copy_loses_and_duplicates_nothing(db, workers, nonce)
             assert time.time() < deadline, "no COPY was seen running"
             busy = db.execute(
                 "SELECT count(*) AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY%%'"
-                " AND query LIKE %s", [f"%{table}%"]).fetchone()["n"]
+                " AND query LIKE %s", [f"%{STAGING_SCHEMA}%{job_id[:32]}%"]).fetchone()["n"]
             if busy:
                 break
             time.sleep(0.01)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from psycopg import sql
 from shapely.geometry import Point, box
 
@@ -49,7 +51,13 @@ def test_stac_item_indexes_and_result(db, drain, nonce):
     analyzed = db.execute("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = %s", [table]).fetchone()
     assert analyzed["last_analyze"] is not None
     comment = db.execute("SELECT obj_description(%s::regclass, 'pg_class') AS c", [f"geo.{table}"]).fetchone()["c"]
-    assert comment == f"geoetl:{job['job_id']}:r1"
+    owner = json.loads(comment)["geoetl"]
+    assert owner["job_id"] == job["job_id"] and owner["run"] == 1 and owner["version"] == 1
+    assert owner["state"] == "published" and owner["source_etag"] == job["parameters"]["source_etag"]
+    assert props["geoetl:version"] == 1 and props["geoetl:source_etag"] == owner["source_etag"]
+    assert sorted(job["result_data"]["indexes"]) == sorted(
+        r["indexname"] for r in db.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", [table])
+    )
 
     # the result has the seed's keys, really filled
     r = job["result_data"]

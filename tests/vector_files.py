@@ -200,8 +200,9 @@ def points(n: int, x0: float = 0.0, y0: float = 0.0) -> list[Any]:
 
 @contextmanager
 def slowed_inserts(db: Any, table: str, *, per: str, sleep_sql: str) -> Iterator[None]:
-    """While inside, the table a job creates as geo.<table> gets a trigger that runs sleep_sql on every
-    insert (per "ROW" or "STATEMENT"), so that a COPY lasts long enough for a kill to land inside it."""
+    """While inside, the table a job creates as geo.<table>, and every staging table jobs load into, gets a
+    trigger that runs sleep_sql on every insert (per "ROW" or "STATEMENT"), so that a COPY lasts long
+    enough for a kill to land inside it."""
     name = f"slow_{table}"
     result = "NEW" if per == "ROW" else "NULL"
     db.execute(f"""
@@ -211,9 +212,9 @@ def slowed_inserts(db: Any, table: str, *, per: str, sleep_sql: str) -> Iterator
         DECLARE r record;
         BEGIN
             FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE TABLE' LOOP
-                IF r.object_identity = 'geo.{table}' THEN
-                    EXECUTE 'CREATE TRIGGER slow BEFORE INSERT ON geo.{table}'
-                            ' FOR EACH {per} EXECUTE FUNCTION app.{name}_insert()';
+                IF r.object_identity = 'geo.{table}' OR r.object_identity LIKE 'geoetl\\_staging.j\\_%' THEN
+                    EXECUTE 'CREATE TRIGGER slow BEFORE INSERT ON ' || r.object_identity
+                            || ' FOR EACH {per} EXECUTE FUNCTION app.{name}_insert()';
                 END IF;
             END LOOP;
         END $$;

@@ -44,6 +44,9 @@ def create_app() -> FastAPI:
     from triggers import jobs_api
 
     app.include_router(jobs_api.router, prefix="/api")
+    from triggers import datasets_api
+
+    app.include_router(datasets_api.router, prefix="/api")
     jobs_api.add_parameter_schemas(app)
     from triggers import dashboard, deadletters_api, metrics
 

@@ -1,4 +1,4 @@
-"""The `geoetl` command: serve, worker, migrate, ingest, status."""
+"""The `geoetl` command: serve, worker, migrate, ingest, status, cancel."""
 
 from __future__ import annotations
 
@@ -96,6 +96,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         params["schema"] = args.schema
     if args.chunk_size:
         params["chunk_size"] = args.chunk_size
+    if args.if_exists:
+        params["if_exists"] = args.if_exists
     client = ApiClient(args.api, args.key)
     code, body = client.request("POST", "/jobs/ingest_vector", params)
     if code >= 400:
@@ -107,9 +109,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(job_id)
         return 0
     st = follow(client, job_id)
-    if st["status"] == "failed":
+    if st["status"] in ("failed", "cancelled"):
         err = st.get("error_details") or {}
-        print(f"job failed at stage {err.get('stage')}: {err.get('error')}", file=sys.stderr)
+        print(f"job {st['status']} at stage {err.get('stage')}: {err.get('error')}", file=sys.stderr)
         return 1
     result = st.get("result_data") or {}
     summary = result.get("summary", {})
@@ -125,6 +127,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     code, body = ApiClient(args.api, args.key).request("GET", f"/jobs/status/{args.job_id}")
     print(json.dumps(body, indent=2))
     return 0 if code == 200 else 1
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from triggers.client import ApiClient
+
+    code, body = ApiClient(args.api, args.key).request("POST", f"/jobs/{args.job_id}/cancel")
+    if code != 200:
+        print(f"error ({code} {body.get('error')}): {body.get('message')}", file=sys.stderr)
+        return 1
+    print(body.get("message"), file=sys.stderr)
+    print(json.dumps(body, indent=2))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--wkt", help="CSV WKT geometry column")
     i.add_argument("--schema", help="target schema (default geo)")
     i.add_argument("--chunk-size", type=int)
+    i.add_argument("--if-exists", choices=["fail", "replace", "append"], help="when the table exists (default fail)")
     i.add_argument("--container", help="source container (default SOURCE_CONTAINER)")
     i.add_argument("--blob-name", help="blob name (default uploads/<file name>)")
     i.add_argument("--wait", action="store_true", help="show progress until the job ends")
@@ -162,7 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="print a job's status")
     st.add_argument("job_id")
     st.set_defaults(func=cmd_status)
-    for sp in (i, st):
+
+    c = sub.add_parser("cancel", help="cancel a queued or running job (its staging table and chunks are removed)")
+    c.add_argument("job_id")
+    c.set_defaults(func=cmd_cancel)
+    for sp in (i, st, c):
         sp.add_argument("--api", help="API base URL (default PUBLIC_BASE_URL)")
         sp.add_argument("--key", help="API key (default: the first of API_KEYS)")
     return p

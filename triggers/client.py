@@ -89,7 +89,7 @@ def follow(client: ApiClient, job_id: str, out: TextIO = sys.stderr, every: floa
             out.write("\r" + line.ljust(len(last)))
             out.flush()
             last = line
-        if st.get("status") in ("completed", "failed"):
+        if st.get("status") in ("completed", "failed", "cancelled"):
             out.write("\n")
             return st
         time.sleep(every)

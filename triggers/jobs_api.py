@@ -1,4 +1,4 @@
-"""Job routes: submit (any registered type), status with progress, task lists, job lists."""
+"""Job routes: submit (any registered type), status with progress, task lists, job lists, cancel."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from config import get_settings
 from core import state
 from core.errors import ConflictError, JobValidationError, ResourceNotFoundError
+from core.machine import CoreMachine
 from core.models import JobRecord
 from core.submit import Submission, UnknownJobType, submit_job
 from infrastructure import database
@@ -58,7 +59,7 @@ class SubmitResponse(BaseModel):
 class JobStatusResponse(BaseModel):
     job_id: str
     job_type: str
-    status: Literal["queued", "processing", "completed", "failed"]
+    status: Literal["queued", "processing", "completed", "failed", "cancelled"]
     stage: int
     stage_name: str | None = None
     total_stages: int
@@ -108,7 +109,7 @@ def submission_response(sub: Submission) -> JSONResponse:
     if sub.status == "rerun":
         body |= {
             "status": "queued",
-            "message": f"the job had failed; it runs again from stage {sub.rerun_from_stage}",
+            "message": f"{sub.reason or 'the job had failed'}; it runs again from stage {sub.rerun_from_stage}",
             "rerun_from_stage": sub.rerun_from_stage,
             "parameters": sub.parameters,
             "queue_info": sub.queue_info,
@@ -241,7 +242,7 @@ def job_status_body(conn: Any, job: JobRecord) -> dict[str, Any]:
     }
     if job.status.value == "completed":
         body["result_data"] = job.result_data
-    if job.status.value == "failed":
+    if job.status.value in ("failed", "cancelled"):
         body["error_details"] = job.error_details
     return body
 
@@ -357,3 +358,79 @@ def list_jobs(
 ) -> dict[str, Any]:
     with database.connection() as conn:
         return list_jobs_page(conn, status, job_type, since, until, limit, offset)
+
+
+class CancelResponse(BaseModel):
+    """The answer of POST /api/jobs/{job_id}/cancel (200)."""
+
+    job_id: str
+    status: Literal["cancelled"] = Field(description="Always 'cancelled': the job's status from now on.")
+    idempotent: bool = Field(description="True when the job had already been cancelled (nothing changed).")
+    previous_status: Literal["queued", "processing", "cancelled"] = Field(
+        description="The job's status before this request."
+    )
+    stage: int = Field(description="The stage the job was in.")
+    tasks_dropped: int = Field(description="Tasks that had not started: cancelled at once, their messages dropped.")
+    tasks_stopping: int = Field(
+        description="Tasks running when the job was cancelled: they stop within seconds (at their next batch, or "
+        "when their worker renews their lock), their work is rolled back and they end 'cancelled'."
+    )
+    message: str
+    status_url: str
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    summary="Cancel a queued or running job",
+    description=(
+        "Waiting tasks are dropped at once; running tasks stop within seconds and roll back. The job ends in "
+        "status `cancelled` and is cleaned up like a failed job (its staging table dropped, its chunks deleted); "
+        "nothing it loaded is published. Submitting the same parameters again runs it again. Cancelling a "
+        "cancelled job answers 200 with `idempotent: true`; a completed or failed job answers 409."
+    ),
+    response_model=CancelResponse,
+    responses={
+        400: ERRORS[400],
+        401: ERRORS[401],
+        404: {"model": ErrorBody, "description": "Unknown job"},
+        409: {"model": ErrorBody, "description": "The job already completed or failed (error 'job_finished')"},
+    },
+    dependencies=[Depends(require_write_key)],
+)
+def cancel_job(job_id: str) -> dict[str, Any]:
+    _check_job_id(job_id)
+    outcome = CoreMachine().cancel_job(job_id)
+    url = status_url(job_id)
+    if outcome is not None:
+        running = outcome["tasks_stopping"]
+        return {
+            "job_id": job_id,
+            "status": "cancelled",
+            "idempotent": False,
+            "previous_status": outcome["previous_status"],
+            "stage": outcome["stage"],
+            "tasks_dropped": outcome["tasks_dropped"],
+            "tasks_stopping": running,
+            "message": f"job cancelled at stage {outcome['stage']}"
+            + (f"; {running} running task(s) stop within seconds" if running else ""),
+            "status_url": url,
+        }
+    with database.connection() as conn:
+        job = state.get_job(conn, job_id)
+    if job is None:
+        raise ApiError(404, "not_found", f"no job with id {job_id}")
+    if job.status.value != "cancelled":
+        raise ApiError(
+            409, "job_finished", f"the job is already {job.status.value}; only queued or running jobs can be cancelled"
+        )
+    return {
+        "job_id": job_id,
+        "status": "cancelled",
+        "idempotent": True,
+        "previous_status": "cancelled",
+        "stage": job.stage,
+        "tasks_dropped": 0,
+        "tasks_stopping": 0,
+        "message": "the job had already been cancelled",
+        "status_url": url,
+    }

@@ -23,7 +23,7 @@ from core.models import JobQueueMessage, TaskQueueMessage
 from infrastructure import database, telemetry
 from infrastructure.queues import MessageQueue, ReceivedMessage, get_queue
 from infrastructure.queues.base import redelivery_delay
-from services.context import must_wait, slot_busy
+from services.context import must_wait, slot_busy, stop_task
 
 log = logging.getLogger("geoetl.worker")
 PREFETCH_BUDGET = 0.2  # seconds of expected work a consumer takes per receive
@@ -176,11 +176,14 @@ class Worker:
             if task_ids:
                 try:
                     with database.connection() as conn:
-                        conn.execute(
-                            "UPDATE app.tasks SET heartbeat_at = now() WHERE task_id = ANY(%s)"
-                            " AND status = 'processing'",
+                        beats = conn.execute(
+                            "UPDATE app.tasks t SET heartbeat_at = now() FROM app.jobs j WHERE t.task_id = ANY(%s)"
+                            " AND t.status = 'processing' AND j.job_id = t.parent_job_id RETURNING t.task_id, j.status",
                             [task_ids],
-                        )
+                        ).fetchall()
+                    for beat in beats:  # a task of a cancelled (or otherwise ended) job stops now
+                        if beat["status"] not in ("queued", "processing"):
+                            stop_task(beat["task_id"], beat["status"])
                 except Exception:
                     log.exception("heartbeat update failed")
             if self.stopping.is_set() and not self._inflight:

@@ -24,7 +24,7 @@ from psycopg import Copy, sql
 from config import get_settings
 from core.errors import PermanentTaskError
 from infrastructure.blob import get_blob_store
-from services.context import TaskContext
+from services.context import TaskContext, checkpoint
 from services.vector import columns as C
 from services.vector import pgcopy
 from services.vector.chunks import read_chunk
@@ -61,6 +61,7 @@ class CopySink:
         self.rows = 0
 
     def add(self, table: pa.Table | pa.RecordBatch, families: set[str] | None = None) -> None:
+        checkpoint()  # a cancelled job's task stops between batches
         if self.families is not None and families:
             check_families(families, self.families, self.label, self.declared)
         unknown = [n for n in table.schema.names if n != GEOMETRY_COLUMN and n not in self.known]

@@ -18,7 +18,7 @@ import pyogrio
 from config import get_settings
 from core.errors import PermanentTaskError
 from infrastructure.blob import get_blob_store
-from services.context import TaskContext
+from services.context import TaskContext, checkpoint
 from services.vector import columns as C
 from services.vector.chunks import AUTO_MAX_BYTES, ChunkWriter, auto_chunk_size, chunk_prefix
 from services.vector.geometry import (
@@ -90,6 +90,7 @@ class SourceReader:
             raise PermanentTaskError(f"could not read {layer.label}: {message}") from None
 
     def _batch(self, batch: pa.RecordBatch, geom_name: str, reprojector: Reprojector, offset: int, label: str) -> None:
+        checkpoint()  # a cancelled job's task stops between batches (before repairing the next one)
         self.features_read += batch.num_rows
         prepared = prepare_geometries(batch.column(geom_name), offset, label, reprojector, self.options, self.stats)
         keep, wkb = prepared.keep, prepared.wkb

@@ -1,13 +1,11 @@
-"""Stage 3 handler: indexes + ANALYZE, then the table's STAC item upserted into pgstac.
+"""The STAC item of a published table (pgstac), and what it is computed from (extent, time range).
 
-The GiST index, the primary key, the statistics and the catalog entry commit with the task; the
-b-tree indexes are built meanwhile on a second connection (see create_indexes), idempotently.
+Written by the publishing transaction (publish.py): the item and the table change together. The item
+records the dataset's version: a counter, the source blob's ETag and the job that published it.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,9 +13,8 @@ import psycopg
 from psycopg import sql
 
 from config import get_settings
-from services.context import TaskContext
 from services.vector.identifiers import GEOMETRY_COLUMN
-from services.vector.table import create_indexes, qualified
+from services.vector.table import qualified
 
 TABLE_EXTENSION = "https://stac-extensions.github.io/table/v1.2.0/schema.json"
 # STAC datetimes are RFC 3339 (4-digit years): later values are clamped for the catalog only.
@@ -95,6 +92,13 @@ def build_item(params: dict[str, Any], row_count: int, bbox: list[float], period
     }
     if params.get("render_params"):
         props["geoetl:render_params"] = params["render_params"]
+    if params.get("version") is not None:
+        props |= {
+            "version": str(params["version"]),
+            "geoetl:version": params["version"],
+            "geoetl:source_etag": params.get("source_etag"),
+            "geoetl:if_exists": params.get("if_exists"),
+        }
     if period is None:
         props["datetime"] = now
     elif period[0] == period[1]:
@@ -137,6 +141,25 @@ def lock_collection(conn: psycopg.Connection, collection: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"geoetl:stac:{collection}"])
 
 
+def delete_item(conn: psycopg.Connection, schema: str, table: str, collection: str | None = None) -> bool:
+    """Remove a table's item (in the caller's transaction); True when there was one."""
+    collection = collection or get_settings().stac_collection
+    row = conn.execute("SELECT pgstac.get_item(%s, %s) AS item", [item_id(schema, table), collection]).fetchone()
+    if not row or not row["item"]:
+        return False
+    lock_collection(conn, collection)
+    conn.execute("SET LOCAL search_path TO pgstac, public")  # delete_item, unlike get/upsert, has none of its own
+    conn.execute("SELECT pgstac.delete_item(%s, %s)", [item_id(schema, table), collection])
+    return True
+
+
+def get_item(conn: psycopg.Connection, schema: str, table: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT pgstac.get_item(%s, %s) AS item", [item_id(schema, table), get_settings().stac_collection]
+    ).fetchone()
+    return row["item"] if row else None
+
+
 def delete_owned_item(conn: psycopg.Connection, schema: str, table: str, job_id: str) -> bool:
     """Remove the table's item when this job wrote it (failure cleanup)."""
     collection = get_settings().stac_collection
@@ -148,38 +171,3 @@ def delete_owned_item(conn: psycopg.Connection, schema: str, table: str, job_id:
     conn.execute("SET LOCAL search_path TO pgstac, public")  # delete_item, unlike get/upsert, has none of its own
     conn.execute("SELECT pgstac.delete_item(%s, %s)", [item_id(schema, table), collection])
     return True
-
-
-def create_vector_stac(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
-    started = time.monotonic()
-    schema, table = params["schema"], params["table_name"]
-    idx = params.get("indexes") or {}
-    t0 = time.monotonic()
-    made, (row_count, bbox) = create_indexes(
-        ctx.conn,
-        schema,
-        table,
-        bool(idx.get("spatial", True)),
-        idx.get("attributes", []),
-        idx.get("temporal", []),
-        meanwhile=lambda other: table_extent(other, schema, table),  # read while the GiST index builds
-    )
-    index_seconds = time.monotonic() - t0
-    if bbox is None:
-        raise ValueError(f"table {schema}.{table} is empty; nothing to catalog")
-    period = temporal_range(ctx.conn, schema, table, idx.get("temporal", []))
-    item = build_item(params, row_count, bbox, period)
-    lock_collection(ctx.conn, item["collection"])
-    ctx.conn.execute("SELECT pgstac.upsert_item(%s::jsonb)", [json.dumps(item)])
-    return {
-        "stac_id": item["id"],
-        "item_id": item["id"],
-        "collection_id": item["collection"],
-        "bbox": bbox,
-        "row_count": row_count,
-        "datetime": item["properties"].get("datetime"),
-        "indexes": made,
-        "inserted_to_pgstac": True,
-        "index_seconds": round(index_seconds, 3),
-        "seconds": round(time.monotonic() - started, 3),
-    }

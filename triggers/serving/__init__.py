@@ -24,6 +24,7 @@ from triggers.serving import error_handlers, viewer
 from triggers.serving.features import CatalogGateway
 from triggers.serving.mount import MountedApp, MountRoot
 from triggers.serving.runtime import Serving
+from triggers.serving.stale_retry import StaleCatalogRetry
 
 log = logging.getLogger("geoetl.serving")
 
@@ -45,7 +46,8 @@ def register(app: FastAPI) -> None:
     error_handlers.install_tipg(serving.features)
     for sub_app in (serving.features, serving.stac):
         docs.document_errors(sub_app)
-    _mount(app, "/api/features", MountedApp(CatalogGateway(serving.features, serving.keeper), serving.ready))
+    gateway = StaleCatalogRetry(CatalogGateway(serving.features, serving.keeper), serving.keeper)
+    _mount(app, "/api/features", MountedApp(gateway, serving.ready))
     _mount(app, "/api/stac", MountedApp(serving.stac, serving.ready))
     app.include_router(viewer.router, prefix="/api")
     app.mount("/api/vector/static", StaticFiles(directory=viewer.STATIC_DIR), name="vector-static")
