@@ -20,7 +20,7 @@ from shapely.geometry import Point
 
 from tests import vector_files as vf
 from tests.conftest import ROOT, WorkerPool, serve_api
-from tests.test_serving_viewer import EXTERNAL_ASSET, Watched, browser  # noqa: F401 - the browser fixture
+from tests.test_serving_viewer import EXTERNAL_ASSET, Watched, browser, wait_until  # noqa: F401 - the browser fixture
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 KEY = f"dash-key-{uuid.uuid4().hex[:8]}"
@@ -95,12 +95,11 @@ def _row(page: Any, job_id: str) -> Any:
 def _open_job(page: Any, job_id: str) -> None:
     page.wait_for_selector(f'#job-rows tr[data-job-id="{job_id}"]', timeout=30000)
     _row(page, job_id).click()
-    page.wait_for_function(f"document.getElementById('d-id').textContent === '{job_id}'", timeout=10000)
+    wait_until(page, f"document.getElementById('d-id').textContent === '{job_id}'", timeout=10)
 
 
 def _wait_status(page: Any, status: str, timeout: float = 120) -> None:
-    page.wait_for_function(f"document.getElementById('d-status').textContent === '{status}'",
-                           timeout=timeout * 1000)
+    wait_until(page, f"document.getElementById('d-status').textContent === '{status}'", timeout=timeout)
 
 
 def test_dashboard_in_a_browser(browser: Any, keyed_api: str, running_workers: WorkerPool,  # noqa: F811
@@ -135,7 +134,7 @@ def test_dashboard_in_a_browser(browser: Any, keyed_api: str, running_workers: W
                 break
             time.sleep(0.25)
         _wait_status(page, "completed", 60)
-        page.wait_for_function(f"document.querySelector(\"{bar}\").value === 24", timeout=10000)
+        wait_until(page, f"document.querySelector(\"{bar}\").value === 24", timeout=10)
         values = [v for v, _ in seen]
         assert any(0 < v < 24 for v, m in seen if m == 24), seen
         assert values == sorted(values), values
@@ -160,14 +159,14 @@ def test_dashboard_in_a_browser(browser: Any, keyed_api: str, running_workers: W
         assert task in page.inner_text("#d-error-fields")
         assert "simulated failure" in page.inner_text("#d-failed")
         page.click("#resubmit")
-        page.wait_for_function("document.getElementById('action-result').dataset.outcome === 'error'")
+        wait_until(page, "document.getElementById('action-result').dataset.outcome === 'error'")
         assert "401" in page.inner_text("#action-result")
         page.fill("#write-key", KEY)
         with page.expect_request(lambda r: r.method == "POST" and "/jobs/submit/hello_world" in r.url) as req:
             page.click("#resubmit")
         assert req.value.headers.get("x-functions-key") == KEY
         assert req.value.post_data_json["message"] == f"dash fail {nonce}"
-        page.wait_for_function("document.getElementById('action-result').dataset.outcome === 'ok'")
+        wait_until(page, "document.getElementById('action-result').dataset.outcome === 'ok'")
         assert "runs again" in page.inner_text("#action-result")
         deadline = time.time() + 30
         while db.execute("SELECT run FROM app.jobs WHERE job_id = %s", [failing]).fetchone()["run"] != 2:
@@ -207,10 +206,11 @@ def test_dashboard_in_a_browser(browser: Any, keyed_api: str, running_workers: W
         page.select_option("#f-status", "completed")
         page.select_option("#f-type", "hello_world")
         page.click("#filters button[type=submit]")
-        page.wait_for_function(
+        wait_until(
+            page,
             "(() => { const rows = [...document.querySelectorAll('#job-rows tr')];"
             " return rows.length > 0 && rows.every((r) => r.children[2].textContent === 'completed'"
-            " && r.children[1].textContent === 'hello_world'); })()", timeout=15000)
+            " && r.children[1].textContent === 'hello_world'); })()", timeout=15)
         assert _row(page, slow).count() == 1 and _row(page, ingest).count() == 0
 
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

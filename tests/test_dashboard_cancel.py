@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import WorkerPool
 from tests.test_dashboard import KEY, _open_job, _wait_status, keyed_api, running_workers, submit, submitted  # noqa: F401
-from tests.test_serving_viewer import Watched, browser  # noqa: F401
+from tests.test_serving_viewer import Watched, browser, wait_until  # noqa: F401
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -24,7 +24,7 @@ def test_cancel_button_ends_the_job_cancelled(browser: Any, keyed_api: str, runn
         _open_job(page, job)
         page.fill("#write-key", KEY)
         page.click("#cancel")
-        page.wait_for_function("document.getElementById('action-result').dataset.outcome !== undefined")
+        wait_until(page, "document.getElementById('action-result').dataset.outcome !== undefined")
         assert page.evaluate("document.getElementById('action-result').dataset.outcome") == "ok", \
             page.inner_text("#action-result")
         _wait_status(page, "cancelled", 60)

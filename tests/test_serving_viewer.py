@@ -129,6 +129,16 @@ class Watched:
         assert state == "ready", f"viewer state {state}: {self.page.inner_text('#status')}"
 
 
+def wait_until(page: Any, expression: str, timeout: float = 30.0) -> None:
+    """Poll a page expression from here until it is truthy: Playwright's wait_for_function evaluates its
+    predicate with eval, which the pages' Content-Security-Policy forbids."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout}s: {expression}")
+        time.sleep(0.1)
+
+
 def pixels(browser: Any, png: bytes) -> np.ndarray:
     """The screenshot as an (h, w, 4) uint8 array, decoded by the browser (no imaging library needed)."""
     page = browser.new_page()

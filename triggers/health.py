@@ -131,13 +131,14 @@ PUBLIC_DATABASE_KEYS = ("postgresql", "postgis", "pgstac", "schema_version")
 
 
 def public_view(body: dict[str, Any]) -> dict[str, Any]:
-    """Which part is up or down, and the database's versions; nothing else."""
+    """Which part is up or down, the database's versions and the links to the operator's pages; nothing else."""
     parts: dict[str, Any] = {}
     for name, part in body["components"].items():
         parts[name] = {"status": part["status"]}
         if name == "database" and part["status"] == "healthy":
             parts[name] |= {k: part[k] for k in PUBLIC_DATABASE_KEYS if k in part}
-    return {"status": body["status"], "failing": body["failing"], "components": parts}
+    links = {name: "/api/" + url.split("/api/", 1)[1] for name, url in body["links"].items()}  # no host names
+    return {"status": body["status"], "failing": body["failing"], "components": parts, "links": links}
 
 
 @router.get("/health", summary="Health of the database, blob store, queue, registries and serving layer")
