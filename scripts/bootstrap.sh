@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what geoetl needs on Debian 12 when it is missing: PostgreSQL + PostGIS (apt), Node + Azurite
 # (npm, project-local), the Python venv. Idempotent and quiet when everything is already there.
-#   scripts/bootstrap.sh [--test] [--bench]   (--test adds chromium; --bench adds gdal-bin)
+#   scripts/bootstrap.sh [--test] [--bench]   (--test adds chromium and gdal-bin; --bench adds gdal-bin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -47,7 +47,7 @@ if [[ ! -x .azurite/node_modules/.bin/azurite-blob ]]; then
 fi
 
 # --- optional system tools
-((want_test)) && apt_install chromium fonts-dejavu-core
+((want_test)) && apt_install chromium fonts-dejavu-core gdal-bin  # gdal-bin: the interop tests run ogrinfo (OAPIF)
 ((want_bench)) && apt_install gdal-bin
 
 # --- Python venv

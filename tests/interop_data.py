@@ -62,7 +62,7 @@ def create_dated_points(conn: psycopg.Connection, table: str, n: int) -> int:
             " SELECT k, k %% 97, (ARRAY['a','b','c'])[1 + k %% 3],"
             " timestamptz '2021-01-01 00:00:00+00' + (k %% 8760) * interval '1 hour',"
             " ST_SetSRID(ST_MakePoint(-179.5 + (k * 7919 %% 3590) / 10.0, -89.5 + (k * 104729 %% 1790) / 10.0), 4326)"
-            " FROM generate_series(0, %s) k"
+            " FROM generate_series(0::bigint, %s) k"
         ).format(sql.Identifier(SCHEMA, table)),
         [n - 1],
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -27,28 +27,58 @@ _DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T?$")
 
 
 def normalise_datetime(value: str) -> list[str]:
-    """A `datetime` parameter as tipg's [instant] or [start, end] list of RFC 3339 values.
+    """A `datetime` parameter as tipg's [instant] or [start, end-exclusive] list.
 
-    Accepted besides RFC 3339 date-times: a date (OWSLib sends `2021-01-01`) and a date with an
-    empty time (GDAL 3.6 sends `2021-01-01T/2021-01-31T`). Neither is an RFC 3339 date-time, as
-    OGC API - Features Part 1, 7.15.4 (Requirement 25) asks, so the client is at fault; a date
-    stands for its whole day (UTC): as an instant or an interval's end it covers the day.
+    An interval is closed (OGC API - Features Part 1, 7.15.4: features whose time intersects
+    it), while tipg compares its end with `<`: the end is moved one microsecond later, the
+    resolution of timestamptz, so that a feature at the end instant is selected.
+
+    Accepted besides RFC 3339 date-times: a date (OWSLib sends `2021-01-01`), which stands for
+    its whole day (UTC), and a date with an empty time (GDAL 3.6 turns `-where "t <=
+    '2021-01-31'"` into `2021-01-31T`), which stands for its midnight, as in the SQL it came
+    from. Neither is an RFC 3339 date-time as Requirement 25 of 7.15.4 asks: the clients are
+    at fault, the common case works all the same.
     """
     parts = value.split("/")
     if len(parts) == 1:
         day = _day(parts[0])
-        if day is None:
-            return parts
+        if day is None or parts[0].strip().endswith("T"):
+            return [_midnight(day)] if day is not None else parts
         return [_midnight(day), _midnight(day + timedelta(days=1))]
     if len(parts) != 2:
         return parts
     start, end = parts
-    start_day, end_day = _day(start), _day(end)
-    if start_day is not None:
+    open_start = start in ("", "..")  # tipg compares an open interval's end with <=, a closed one's with <
+    if (start_day := _day(start)) is not None:
         start = _midnight(start_day)
-    if end_day is not None:
-        end = _midnight(end_day + timedelta(days=1))
+    if (end_day := _day(end)) is not None:
+        if not end.strip().endswith("T"):  # the whole day
+            next_midnight = _midnight(end_day + timedelta(days=1))
+            end = _just_before(next_midnight) if open_start else next_midnight
+        else:
+            end = _midnight(end_day) if open_start else _just_after(_midnight(end_day))
+    elif end not in ("", "..") and not open_start:
+        end = _just_after(end)
     return [start, end]
+
+
+def _just_before(instant: str) -> str:
+    return _shift(instant, -1)
+
+
+def _just_after(instant: str) -> str:
+    return _shift(instant, 1)
+
+
+def _shift(instant: str, microseconds: int) -> str:
+    """The instant moved by some microseconds (unchanged when it does not parse: tipg says why)."""
+    try:
+        moment = datetime.fromisoformat(instant.replace("z", "Z"))
+    except ValueError:
+        return instant
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment + timedelta(microseconds=microseconds)).isoformat().replace("+00:00", "Z")
 
 
 def _day(text: str) -> date | None:
@@ -144,7 +174,10 @@ class FeaturesInterop:
       uses it to create features, which this read-only API does not offer), so the client is
       at fault; a body that is not a CQL2 expression is still refused (405);
     - tiles outside their tile matrix answer 404 (tipg: 200 and an empty tile);
-    - TileJSON gets its mandatory `tilejson` member and an unescaped URL template.
+    - TileJSON gets its mandatory `tilejson` member and an unescaped URL template;
+    - collections link their vector tilesets with the relation OGC API - Tiles defines for it
+      (`.../tilesets-vector`, tipg says only `data`) and tilesets their tile template as
+      `item` (tipg: `tile`), which is what @camptocamp/ogc-client looks for.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -164,8 +197,9 @@ class FeaturesInterop:
                 return
         if _is_items(parts) and scope["method"] in ("GET", "HEAD"):
             scope = _with_default_limit(scope)
-        if parts[-1] == "tilejson.json" and scope["method"] == "GET":
-            await self.app(scope, receive, _TileJsonFix(send))
+        rewrite = _rewrite_for(parts) if scope["method"] == "GET" else None
+        if rewrite is not None:
+            await self.app(scope, receive, _JsonRewrite(send, rewrite))
             return
         await self.app(scope, receive, send)
 
@@ -198,6 +232,63 @@ class FeaturesInterop:
         return scope, empty
 
 
+TILESETS_VECTOR = "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector"
+
+
+def complete_tilejson(doc: dict[str, Any]) -> dict[str, Any]:
+    doc = {"tilejson": TILEJSON_VERSION, "scheme": "xyz", **doc}
+    doc["tiles"] = [t.replace("%7B", "{").replace("%7D", "}") for t in doc.get("tiles", [])]
+    return doc
+
+
+def _link_tilesets(collection: dict[str, Any]) -> None:
+    links = collection.get("links")
+    if not isinstance(links, list) or any(lk.get("rel") == TILESETS_VECTOR for lk in links):
+        return
+    for link in list(links):
+        href = str(link.get("href", ""))
+        if link.get("rel") == "data" and href.endswith("/tiles"):
+            links.append({**link, "rel": TILESETS_VECTOR, "title": "Vector tilesets"})
+
+
+def _link_tile_items(tileset: dict[str, Any]) -> None:
+    links = tileset.get("links")
+    if not isinstance(links, list) or any(lk.get("rel") == "item" for lk in links):
+        return
+    for link in list(links):
+        if link.get("rel") == "tile":
+            links.append({**link, "rel": "item", "templated": True})
+
+
+def complete_collection(doc: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(doc.get("collections"), list):
+        for collection in doc["collections"]:
+            if isinstance(collection, dict):
+                _link_tilesets(collection)
+    else:
+        _link_tilesets(doc)
+    return doc
+
+
+def complete_tilesets(doc: dict[str, Any]) -> dict[str, Any]:
+    for tileset in doc.get("tilesets", []) if isinstance(doc.get("tilesets"), list) else [doc]:
+        if isinstance(tileset, dict):
+            _link_tile_items(tileset)
+    return doc
+
+
+def _rewrite_for(parts: list[str]) -> Any:
+    if len(parts) < 2 or parts[1] != "collections":
+        return None
+    if parts[-1] == "tilejson.json":
+        return complete_tilejson
+    if len(parts) in (2, 3):
+        return complete_collection
+    if len(parts) in (4, 5) and parts[3] == "tiles":
+        return complete_tilesets
+    return None
+
+
 def _with_default_limit(scope: Scope) -> Scope:
     query = parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True)
     if any(k == "limit" for k, _ in query):
@@ -213,31 +304,34 @@ async def _json(send: Send, status: int, body: dict[str, Any], headers: dict[str
     await send({"type": "http.response.body", "body": data})
 
 
-class _TileJsonFix:
-    """Buffers a (small, uncompressed at this point) TileJSON answer and completes it."""
+class _JsonRewrite:
+    """Buffers a small JSON answer (uncompressed at this point) and rewrites it."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, rewrite: Any) -> None:
         self.send = send
+        self.rewrite = rewrite
         self.start: Message | None = None
         self.body = b""
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            self.start = message
+            content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+            if message["status"] == 200 and b"json" in content_type:
+                self.start = message
+                return
+            await self.send(message)
             return
-        if message["type"] != "http.response.body" or self.start is None:
+        if self.start is None or message["type"] != "http.response.body":
             await self.send(message)
             return
         self.body += message.get("body", b"")
         if message.get("more_body", False):
             return
-        start, body = self.start, self.body
-        if start["status"] == 200:
-            doc = json.loads(body)
-            doc = {"tilejson": TILEJSON_VERSION, "scheme": "xyz", **doc}
-            doc["tiles"] = [t.replace("%7B", "{").replace("%7D", "}") for t in doc.get("tiles", [])]
-            body = json.dumps(doc).encode()
-            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-            start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
-        await self.send(start)
+        try:
+            doc = json.loads(self.body)
+            body = json.dumps(self.rewrite(doc)).encode() if isinstance(doc, dict) else self.body
+        except ValueError:
+            body = self.body
+        headers = [(k, v) for k, v in self.start["headers"] if k.lower() != b"content-length"]
+        await self.send({**self.start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await self.send({"type": "http.response.body", "body": body})

@@ -39,6 +39,8 @@ POINT_TYPES = {"point", "multipoint"}
 _omit_matched: contextvars.ContextVar[bool] = contextvars.ContextVar("geoetl_omit_matched", default=False)
 
 _original_get_tile = PgCollection.get_tile
+# tipg's own methods, kept so that tests can show what each correction changes
+UPSTREAM = {"_sortby": PgCollection._sortby, "features": PgCollection.features, "get_tile": PgCollection.get_tile}
 _installed = False
 
 
