@@ -6,9 +6,10 @@ Each one is small and keeps tipg's own signatures, so it can be dropped when tip
 - paging under `sortby`: tipg orders only by the requested keys, so rows that tie on a
   non-unique key come back in any order from page to page (rows duplicated and dropped).
   The id column is appended as the last key: a total order, exact paging.
-- `numberMatched`: tipg runs COUNT(*) over the matched rows for every page. Unfiltered pages of
-  a table larger than COUNT_EXACT_MAX_ROWS leave it out (OGC API - Features Part 1, 7.15.4:
-  the member is optional, but exact when present); `next` comes from fetching one row more.
+- `numberMatched`: tipg runs COUNT(*) over the matched rows for every page. On a table larger
+  than COUNT_EXACT_MAX_ROWS, a page whose filter the planner expects to match more than that
+  many rows (every unfiltered page) leaves it out (OGC API - Features Part 1, 7.15.4: the
+  member is optional, but exact when present); `next` comes from fetching one row more.
 - vector tiles: tipg cuts a tile at `max_features_per_tile` rows, silently. Here a tile over
   the budget (TILE_FEATURE_BUDGET) degrades instead: points are aggregated into one point per
   grid cell (16 px) with a `point_count`, lines and polygons are simplified to the tile's pixel
@@ -20,6 +21,7 @@ Each one is small and keeps tipg's own signatures, so it can be dropped when tip
 from __future__ import annotations
 
 import contextvars
+import json
 from typing import Any
 
 import asyncpg
@@ -53,8 +55,6 @@ def _sortby(self: PgCollection, sortby: str | None) -> str:
 
 
 async def _estimated_rows(self: PgCollection, conn: asyncpg.Connection) -> float:
-    if self.type == "Function":
-        return 0.0
     value = await conn.fetchval(
         "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = $1 AND c.relname = $2",
@@ -62,6 +62,19 @@ async def _estimated_rows(self: PgCollection, conn: asyncpg.Connection) -> float
         self.table,
     )
     return float(value or 0.0)
+
+
+async def _count_is_cheap(self: PgCollection, conn: asyncpg.Connection, where: Any) -> bool:
+    """A small table, or a filter the planner expects to match few rows (one EXPLAIN, no scan)."""
+    if self.type == "Function" or await _estimated_rows(self, conn) <= COUNT_EXACT_MAX_ROWS:
+        return True
+    if where is None:
+        return False
+    plan = await conn.fetchval(
+        f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {self._qualified_name} {self._where_clause(where)}"  # noqa: S608
+    )
+    rows = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"]
+    return float(rows) <= COUNT_EXACT_MAX_ROWS
 
 
 async def _features(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any) -> ItemList:
@@ -84,7 +97,7 @@ async def _features(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
         dt=kwargs.get("dt"),
     )
     matched: int | None = None
-    if where is not None or await _estimated_rows(self, conn) <= COUNT_EXACT_MAX_ROWS:
+    if await _count_is_cheap(self, conn, where):
         matched = await self._features_count_query(conn, where=where, function_parameters=function_parameters)
     features: list[Feature] = [
         f
