@@ -47,6 +47,12 @@ if [[ ! -x .azurite/node_modules/.bin/azurite-blob ]]; then
 fi
 
 # --- optional system tools
+OGC_CLIENT_VERSION=1.3.0  # @camptocamp/ogc-client, run by the interop tests (geonetwork-ui's client)
+if ((want_test)) && [[ ! -f .ogc-client/node_modules/@camptocamp/ogc-client/package.json ]]; then
+  say "npm install @camptocamp/ogc-client@$OGC_CLIENT_VERSION into .ogc-client/"
+  mkdir -p .ogc-client
+  (cd .ogc-client && npm install --no-audit --no-fund --silent "@camptocamp/ogc-client@$OGC_CLIENT_VERSION" >/dev/null)
+fi
 ((want_test)) && apt_install chromium fonts-dejavu-core gdal-bin  # gdal-bin: the interop tests run ogrinfo (OAPIF)
 ((want_bench)) && apt_install gdal-bin
 

@@ -416,3 +416,21 @@ def test_tiles_outside_the_matrix_tilejson_and_tilesets(world: dict[str, Any]) -
     mercator = next(t for t in tilesets if t["links"][0]["href"].endswith("/WebMercatorQuad"))
     item = link(mercator, "item")
     assert item is not None and item.endswith("/WebMercatorQuad/{z}/{x}/{y}")
+
+
+def test_camptocamp_ogc_client_reads_items_and_finds_the_vector_tiles(world: dict[str, Any]) -> None:
+    module = ROOT / ".ogc-client" / "node_modules" / "@camptocamp" / "ogc-client" / "dist" / "dist-node.js"
+    node = shutil.which("node")
+    if node is None or not module.exists():
+        pytest.fail("@camptocamp/ogc-client is not installed in .ogc-client/: run the tests with `make test`",
+                    pytrace=False)
+    cid = f"{SCHEMA}.{world['names']['countries']}"
+    proc = subprocess.run([node, str(ROOT / "tests" / "ogc_client_check.mjs"), str(module), world["features"], cid],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = _db(world, sql.SQL("SELECT id, name FROM {} ORDER BY id LIMIT 7").format(_table(world, "countries")))
+    assert [(f["id"], f["properties"]["name"]) for f in seen["items"]] == [(r["id"], r["name"]) for r in expected]
+    assert cid in seen["featureCollections"] and cid in seen["vectorTileCollections"]
+    assert "application/vnd.mapbox-vector-tile" in seen["vectorTileFormats"]
+    assert seen["tileset"].endswith(f"/collections/{cid}/tiles/WebMercatorQuad")

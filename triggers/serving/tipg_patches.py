@@ -12,7 +12,7 @@ Each one is small and keeps tipg's own signatures, so it can be dropped when tip
   member is optional, but exact when present); `next` comes from fetching one row more.
 - vector tiles: tipg cuts a tile at `max_features_per_tile` rows, silently. Here a tile over
   the budget (TILE_FEATURE_BUDGET) degrades instead: points are aggregated into one point per
-  grid cell (16 px) with a `point_count`, lines and polygons are simplified to the tile's pixel
+  grid cell (64 x 64 cells per tile) with a `point_count`, lines and polygons are simplified to the tile's pixel
   size; nothing is dropped. A tile within the budget is exactly tipg's.
 - conformance: tipg declares the `oas30` classes while FastAPI serves an OpenAPI 3.1
   document; they are not declared (no OGC class covers 3.1 yet).
@@ -34,7 +34,7 @@ from tipg.resources.response import orjsonDumps
 COUNT_EXACT_MAX_ROWS = 100_000  # unfiltered pages of larger tables omit numberMatched
 TILE_FEATURE_BUDGET = 10_000  # features a tile holds as they are; above, it degrades
 TILE_HARD_LIMIT = 1_000_000  # what tipg's own per-tile check may let through (ours decides)
-CLUSTER_CELLS = 256  # 4096 / 256 = 16 px cells for aggregated points
+CLUSTER_CELLS = 64  # an aggregated tile has at most 64 x 64 points (cells of 4 px on a 256 px tile)
 POINT_TYPES = {"point", "multipoint"}
 
 # set by the count below, read by the response's render (same request task)
@@ -173,7 +173,7 @@ async def _get_tile(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
 async def _clustered_tile(
     self: PgCollection, conn: asyncpg.Connection, geom: str, where: Any, srid: int, bounds: Any
 ) -> bytes:
-    """One point per 16 px cell, at the mean of its points, with their number as point_count."""
+    """One point per grid cell, at the mean of its points, with their number as point_count."""
     cell = (bounds.right - bounds.left) / CLUSTER_CELLS
     column = f"ST_Transform(CAST({tipg_collections._quote_ident(geom)} AS geometry), {srid})"
     envelope = f"ST_MakeEnvelope({bounds.left}, {bounds.bottom}, {bounds.right}, {bounds.top}, {srid})"
