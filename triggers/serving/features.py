@@ -22,7 +22,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette_cramjam.middleware import CompressionMiddleware
 from tipg import __version__ as tipg_version
 from tipg import errors as tipg_errors
-from tipg.dependencies import ItemsOutputType, ItemsResponseType, bbox_query, datetime_query, filter_query
+from tipg.dependencies import (
+    ItemOutputType,
+    ItemResponseType,
+    ItemsOutputType,
+    ItemsResponseType,
+    bbox_query,
+    datetime_query,
+    filter_query,
+)
 from tipg.factory import Endpoints
 from tipg.openapi import _update_openapi
 from tipg.resources.enums import MediaType
@@ -69,6 +77,7 @@ def build_app() -> FastAPI:
     app.dependency_overrides[bbox_query] = _parse_bbox
     app.dependency_overrides[datetime_query] = _parse_datetime
     app.dependency_overrides[ItemsOutputType] = _items_output
+    app.dependency_overrides[ItemOutputType] = _item_output
     _document_limits(app)
     app.add_middleware(interop.FeaturesInterop)
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"], allow_headers=["*"])
@@ -138,6 +147,15 @@ def _items_output(request: Request) -> MediaType | None:
     if f is not None and f not in get_args(ItemsResponseType):
         raise ApiError(400, "validation_error", f"unknown output format f={f[:40]!r}")
     chosen = ItemsOutputType(request, f)  # type: ignore[arg-type]
+    return MediaType.geojson if chosen == MediaType.json else chosen
+
+
+def _item_output(request: Request) -> MediaType | None:
+    """The same for one item: f=json is a GeoJSON Feature, not tipg's flat row."""
+    f = request.query_params.get("f")
+    if f is not None and f not in get_args(ItemResponseType):
+        raise ApiError(400, "validation_error", f"unknown output format f={f[:40]!r}")
+    chosen = ItemOutputType(request, f)  # type: ignore[arg-type]
     return MediaType.geojson if chosen == MediaType.json else chosen
 
 

@@ -171,7 +171,7 @@ class StacInterop:
             await self.app(scope, receive, send)
             return
         path = _relative(scope).rstrip("/")
-        scope = _footprint_query(scope)
+        scope = _footprint_query(scope, search=path.endswith("/search"))
         if scope["method"] == "POST" and path.endswith("/search"):
             try:
                 receive = await _footprint_body(receive)
@@ -189,7 +189,8 @@ class StacInterop:
         await self.app(scope, receive, _JsonRewrite(send, rewrite))
 
 
-def _footprint_query(scope: Scope) -> Scope:
+def _footprint_query(scope: Scope, search: bool) -> Scope:
+    """The query string with the fixes above (`intersects` exists on /search only)."""
     raw = scope.get("query_string", b"")
     if b"bbox" not in raw and b"query" not in raw and b"fields" not in raw:
         return scope
@@ -206,7 +207,8 @@ def _footprint_query(scope: Scope) -> Scope:
             changed = True
     names = [k for k, _ in query]
     bbox = dict(query).get("bbox")
-    if bbox and "intersects" not in names and (shape := antimeridian_intersects(bbox.split(","))) is not None:
+    shape = antimeridian_intersects(bbox.split(",")) if search and bbox and "intersects" not in names else None
+    if shape is not None:
         query = [(k, v) for k, v in query if k != "bbox"] + [("intersects", json.dumps(shape))]
         changed = True
     if "query" in names and "filter" not in names:

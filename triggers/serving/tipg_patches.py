@@ -7,8 +7,9 @@ Each one is small and keeps tipg's own signatures, so it can be dropped when tip
   non-unique key come back in any order from page to page (rows duplicated and dropped).
   The id column is appended as the last key: a total order, exact paging.
 - `numberMatched`: tipg runs COUNT(*) over the matched rows for every page. On a table larger
-  than COUNT_EXACT_MAX_ROWS, a page whose filter the planner expects to match more than that
-  many rows (every unfiltered page) leaves it out (OGC API - Features Part 1, 7.15.4: the
+  than COUNT_EXACT_MAX_ROWS, a page whose count would scan the table (every unfiltered page, a
+  filter no index serves) or that the planner expects to match more rows than that leaves it
+  out (OGC API - Features Part 1, 7.15.4: the
   member is optional, but exact when present); `next` comes from fetching one row more.
 - vector tiles: tipg cuts a tile at `max_features_per_tile` rows, silently. Here a tile over
   the budget (TILE_FEATURE_BUDGET) degrades instead: points are aggregated into one point per
@@ -65,7 +66,7 @@ async def _estimated_rows(self: PgCollection, conn: asyncpg.Connection) -> float
 
 
 async def _count_is_cheap(self: PgCollection, conn: asyncpg.Connection, where: Any) -> bool:
-    """A small table, or a filter the planner expects to match few rows (one EXPLAIN, no scan)."""
+    """A small table, or a filter the planner counts through an index over few rows (one EXPLAIN)."""
     if self.type == "Function" or await _estimated_rows(self, conn) <= COUNT_EXACT_MAX_ROWS:
         return True
     if where is None:
@@ -73,8 +74,14 @@ async def _count_is_cheap(self: PgCollection, conn: asyncpg.Connection, where: A
     plan = await conn.fetchval(
         f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {self._qualified_name} {self._where_clause(where)}"  # noqa: S608
     )
-    rows = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"]
-    return float(rows) <= COUNT_EXACT_MAX_ROWS
+    root = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
+    return float(root["Plan Rows"]) <= COUNT_EXACT_MAX_ROWS and not _scans_the_table(root)
+
+
+def _scans_the_table(node: dict[str, Any]) -> bool:
+    if node.get("Node Type") in ("Seq Scan", "Parallel Seq Scan"):
+        return True
+    return any(_scans_the_table(child) for child in node.get("Plans", []))
 
 
 async def _features(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any) -> ItemList:
@@ -161,7 +168,7 @@ async def _get_tile(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
     tms_srid = tms.crs.to_epsg()
     bounds = tms.xy_bounds(tile)
     if geometry_column.geometry_type.lower() in POINT_TYPES and tms_srid:
-        return await _clustered_tile(self, conn, geometry_column.name, where, tms_srid, bounds)
+        return await _clustered_tile(self, conn, geometry_column, where, tms_srid, bounds)
     # a pixel of this tile, in the column's units (degrees for the 4326 tables geoetl writes)
     west, _, east, _ = tms.bounds(tile)
     pixel = (east - west) / mvt_settings.tile_resolution
@@ -171,20 +178,24 @@ async def _get_tile(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
 
 
 async def _clustered_tile(
-    self: PgCollection, conn: asyncpg.Connection, geom: str, where: Any, srid: int, bounds: Any
+    self: PgCollection, conn: asyncpg.Connection, column_info: Any, where: Any, srid: int, bounds: Any
 ) -> bytes:
     """One point per grid cell, at the mean of its points, with their number as point_count."""
     cell = (bounds.right - bounds.left) / CLUSTER_CELLS
+    geom, geometry_type = column_info.name, column_info.geometry_type.lower()
     column = f"ST_Transform(CAST({tipg_collections._quote_ident(geom)} AS geometry), {srid})"
+    if geometry_type != "point":
+        column = f"ST_Centroid({column})"
     envelope = f"ST_MakeEnvelope({bounds.left}, {bounds.bottom}, {bounds.right}, {bounds.top}, {srid})"
     layer = self.table if mvt_settings.set_mvt_layername is True else "default"
     # names from the catalog (quoted), WHERE from cql2, numbers from the TMS
     sql = (
-        "WITH t AS (SELECT ST_AsMVTGeom(ST_Centroid(ST_Collect(g)), "  # noqa: S608
-        f"{envelope}, {int(mvt_settings.tile_resolution)}, {int(mvt_settings.tile_buffer)}, TRUE) AS geom,"
+        "WITH t AS (SELECT ST_AsMVTGeom(ST_SetSRID(ST_MakePoint(avg(x), avg(y)), "  # noqa: S608
+        f"{srid}), {envelope}, {int(mvt_settings.tile_resolution)}, {int(mvt_settings.tile_buffer)}, TRUE) AS geom,"
         " count(*)::int AS point_count"
-        f" FROM (SELECT {column} AS g FROM {self._qualified_name} {self._where_clause(where)}) s"
-        f" GROUP BY ST_SnapToGrid(g, {bounds.left}, {bounds.bottom}, {cell}, {cell}))"
+        f" FROM (SELECT ST_X(g) AS x, ST_Y(g) AS y FROM (SELECT {column} AS g FROM {self._qualified_name}"
+        f" {self._where_clause(where)}) s0) s"
+        f" GROUP BY floor((x - {bounds.left}) / {cell})::int, floor((y - {bounds.bottom}) / {cell})::int)"
         " SELECT ST_AsMVT(t.*, $1) FROM t WHERE geom IS NOT NULL"
     )
     return bytes(await conn.fetchval(sql, layer))
