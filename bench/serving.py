@@ -188,7 +188,8 @@ def serve(port: int) -> subprocess.Popen[bytes]:
 
 def run(rows_list: list[int], n: int, port: int) -> dict[str, Any]:
     ensure_database()
-    results: dict[str, Any] = {"requests": n, "bbox": BBOX, "tile": TILE, "filter": CQL, "tables": {}}
+    results: dict[str, Any] = {"requests": n, "bbox": BBOX, "tile": TILE, "filter": CQL, "tables": {},
+                               "load_before": [round(v, 1) for v in os.getloadavg()]}
     with psycopg.connect(DSN, autocommit=True) as conn:
         for rows in rows_list:
             generated = ensure_table(conn, rows)
@@ -209,6 +210,7 @@ def run(rows_list: list[int], n: int, port: int) -> dict[str, Any]:
     finally:
         proc.terminate()
         proc.wait(20)
+    results["load_after"] = [round(v, 1) for v in os.getloadavg()]
     return results
 
 
@@ -235,6 +237,23 @@ def render(results: dict[str, Any]) -> str:
         a = results["tables"][hi]["queries"][label]["api"]["p50_ms"]
         b = results["tables"][lo]["queries"][label]["api"]["p50_ms"]
         out.append(f"- {label}: {a / b:.2f}x")
+    load = f"{results.get('load_before', ['?'])[0]} before, {results.get('load_after', ['?'])[0]} after"
+    out += ["", f"Load average of the 2-core machine (shared with other test runs): {load}; p50s moved by up"
+            " to 2x between runs of the same code, so read the ratios with that noise in mind.", "",
+            "Where the time goes:", "",
+            "- items page and CQL2 filter (`rank` has no index): tables above 100k rows skip the count, which"
+            " would scan the table; the page itself reads 101 rows in id order, so 10M costs what 200k does.",
+            "- bbox: the count goes through the GiST index and the page sorts the matches by id, so both read"
+            f" every match: about {int(lo) * 100 // 61200:,} at {int(lo):,} rows and {int(hi) * 100 // 61200:,}"
+            f" at {int(hi):,} rows for this 10x10 degree box. The time follows the matches, not the table.",
+            "- tile: the tile holds about 50 times more points at 10M; over the 10,000-feature budget they are"
+            " aggregated (one point per cell of a 64 x 64 grid), which still reads every point of the tile."
+            " Staying flat would take a pre-aggregated overview per zoom, built at ingest (not done).",
+            "- In random physical order (`bench/results/serving-random-order.json`, before spatial loading and"
+            " before the pools ran without JIT) the same 10M tile took 403 ms p50: one heap page per point.",
+            "- The serving pools run with `jit=off` and `max_parallel_workers_per_gather=0`"
+            " (triggers/serving/settings.py): JIT compiled for ~430 ms and parallel workers took 20-40 ms to"
+            " start for queries that run in 10 ms.", ""]
     out += ["", "bbox: " + ",".join(map(str, results["bbox"])) + f"; filter: `{results['filter']}`;"
             " tables above 100k rows leave numberMatched out where counting would scan the table (unfiltered"
             " pages, filters no index serves) or match more than 100k rows, so those pages skip the count;"

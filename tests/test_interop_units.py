@@ -87,8 +87,14 @@ def test_tilejson_and_tileset_links() -> None:
     assert doc["tilejson"] == "3.0.0" and doc["tiles"] == ["http://h/api/features/collections/t/tiles/W/{z}/{x}/{y}"]
     collection = interop.complete_collection({"links": [{"rel": "data", "href": "http://h/c/t/tiles"}]})
     assert [lk["rel"] for lk in collection["links"]] == ["data", interop.TILESETS_VECTOR]
-    tilesets = interop.complete_tilesets({"tilesets": [{"links": [{"rel": "tile", "href": "http://h/{z}/{x}/{y}"}]}]})
-    assert [lk["rel"] for lk in tilesets["tilesets"][0]["links"]] == ["tile", "item"]
+    scheme = {"rel": "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme", "href": "http://h/tileMatrixSets/WebMercatorQuad"}
+    tile = {"rel": "tile", "href": "http://h/{z}/{x}/{y}"}
+    tilesets = interop.complete_tilesets({"tilesets": [{"links": [scheme, tile]}]})
+    assert [lk["rel"] for lk in tilesets["tilesets"][0]["links"]] == [scheme["rel"], "tile", "item"]
+    mercator = "http://www.opengis.net/def/tilematrixset/OGC/1.0/WebMercatorQuad"
+    assert tilesets["tilesets"][0]["tileMatrixSetURI"] == mercator
+    sets = interop.complete_tile_matrix_sets({"tileMatrixSets": [{"id": "WebMercatorQuad"}, {"id": "nope"}]})
+    assert sets["tileMatrixSets"] == [{"id": "WebMercatorQuad", "uri": mercator}, {"id": "nope"}]
 
 
 def test_stac_bbox_footprint_and_wrapping() -> None:

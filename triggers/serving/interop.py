@@ -251,9 +251,23 @@ def _link_tilesets(collection: dict[str, Any]) -> None:
             links.append({**link, "rel": TILESETS_VECTOR, "title": "Vector tilesets"})
 
 
+def tms_uri(tms_id: str) -> str | None:
+    """The registered URI of a tile matrix set (OGC API - Tiles asks for it in tilesets)."""
+    if tms_id not in morecantile.tms.list():
+        return None
+    uri = morecantile.tms.get(tms_id).uri
+    return str(uri) if uri else None
+
+
 def _link_tile_items(tileset: dict[str, Any]) -> None:
     links = tileset.get("links")
-    if not isinstance(links, list) or any(lk.get("rel") == "item" for lk in links):
+    if not isinstance(links, list):
+        return
+    for link in links:
+        if str(link.get("rel", "")).endswith("/tiling-scheme") and "tileMatrixSetURI" not in tileset:
+            if (uri := tms_uri(str(link.get("href", "")).rstrip("/").rsplit("/", 1)[-1])) is not None:
+                tileset["tileMatrixSetURI"] = uri
+    if any(lk.get("rel") == "item" for lk in links):
         return
     for link in list(links):
         if link.get("rel") == "tile":
@@ -277,7 +291,16 @@ def complete_tilesets(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def complete_tile_matrix_sets(doc: dict[str, Any]) -> dict[str, Any]:
+    for entry in doc.get("tileMatrixSets", []) if isinstance(doc.get("tileMatrixSets"), list) else []:
+        if isinstance(entry, dict) and "uri" not in entry and (uri := tms_uri(str(entry.get("id")))) is not None:
+            entry["uri"] = uri
+    return doc
+
+
 def _rewrite_for(parts: list[str]) -> Any:
+    if len(parts) == 2 and parts[1] == "tileMatrixSets":
+        return complete_tile_matrix_sets
     if len(parts) < 2 or parts[1] != "collections":
         return None
     if parts[-1] == "tilejson.json":
