@@ -415,7 +415,12 @@ def test_tiles_outside_the_matrix_tilejson_and_tilesets(world: dict[str, Any]) -
     assert tilejson["tilejson"] == "3.0.0" and tilejson["scheme"] == "xyz"
     template = tilejson["tiles"][0]
     assert template.endswith("/tiles/WebMercatorQuad/{z}/{x}/{y}")
-    assert requests.get(template.format(z=1, x=1, y=0), timeout=30).status_code == 200
+    tile = requests.get(template.format(z=1, x=1, y=0), timeout=30)
+    assert tile.status_code == 200
+    import mapbox_vector_tile
+
+    # QGIS draws a tile layer only when the TileJSON's vector_layers name the layers the tiles hold
+    assert set(mapbox_vector_tile.decode(tile.content)) == {layer["id"] for layer in tilejson["vector_layers"]}
     collection = get_json(base)
     tilesets_url = link(collection, "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector")
     assert tilesets_url == f"{base}/tiles"
