@@ -53,7 +53,7 @@ if ((want_test)) && [[ ! -f .ogc-client/node_modules/@camptocamp/ogc-client/pack
   mkdir -p .ogc-client
   (cd .ogc-client && npm install --no-audit --no-fund --silent "@camptocamp/ogc-client@$OGC_CLIENT_VERSION" >/dev/null)
 fi
-((want_test)) && apt_install chromium fonts-dejavu-core gdal-bin  # gdal-bin: the interop tests run ogrinfo (OAPIF)
+((want_test)) && apt_install chromium fonts-dejavu-core gdal-bin  # gdal-bin: the interop tests run ogr2ogr (OAPIF)
 ((want_bench)) && apt_install gdal-bin
 
 # --- Python venv
