@@ -446,3 +446,24 @@ def test_camptocamp_ogc_client_reads_items_and_finds_the_vector_tiles(world: dic
     assert cid in seen["featureCollections"] and cid in seen["vectorTileCollections"]
     assert "application/vnd.mapbox-vector-tile" in seen["vectorTileFormats"]
     assert seen["tileset"].endswith(f"/collections/{cid}/tiles/WebMercatorQuad")
+
+
+@pytest.mark.parametrize(("method", "path", "params", "body"), [
+    ("GET", "features/collections/{c}/items", {"datetime": "2021-13-45T/.."}, None),
+    ("GET", "features/collections/{c}/items", {"datetime": "2021-01-01T/2021-01-01T/x"}, None),
+    ("GET", "features/collections/{c}/items", {"bbox": "170,-20,nope,0"}, None),
+    ("GET", "features/collections/{c}/items", {"filter": "S_INTERSECTS(geom, BBOX(1,2))"}, None),
+    ("POST", "features/collections/{c}/items", {}, "not json"),
+    ("POST", "features/collections/{c}/items", {}, json.dumps({"op": "=", "args": [{"property": "nope"}, 1]})),
+    ("GET", "stac/search", {"bbox": "1,2,x,4,5,6"}, None),
+    ("GET", "stac/search", {"query": "{not json"}, None),
+    ("GET", "stac/search", {"query": json.dumps({"title": {"startsWith": "a"}, "n": {"lt": {"x": 1}}})}, None),
+    ("POST", "stac/search", {}, json.dumps({"fields": None})),
+    ("POST", "stac/search", {}, json.dumps({"bbox": ["a", 1, 2, 3]})),
+])
+def test_odd_client_input_is_refused_not_failed(world: dict[str, Any], method: str, path: str,
+                                                params: dict[str, str], body: str | None) -> None:
+    url = f"{world['api']}/{path.format(c=f'{SCHEMA}.' + world['names']['countries'])}"
+    r = requests.request(method, url, params=params, data=body, timeout=30)
+    assert 400 <= r.status_code < 500 or r.status_code == 200, (r.status_code, r.text[:300])
+    assert r.status_code != 200 or (method == "GET" and "query" in params), (r.status_code, r.text[:300])

@@ -32,6 +32,10 @@ MAX_BODY_BYTES = 1 << 20
 def footprint_bbox(values: list[Any]) -> list[Any]:
     """[w, s, zmin, e, n, zmax] -> [w, s, e, n], longitudes wrapped into -180..180 (181 is -179)."""
     if isinstance(values, list) and len(values) == 6:
+        try:
+            [float(v) for v in values]
+        except (TypeError, ValueError):
+            return values  # not numbers: stac-fastapi refuses it with its own message
         values = [values[0], values[1], values[3], values[4]]
     if isinstance(values, list) and len(values) == 4:
         try:
@@ -171,7 +175,11 @@ class StacInterop:
             await self.app(scope, receive, send)
             return
         path = _relative(scope).rstrip("/")
-        scope = _footprint_query(scope, search=path.endswith("/search"))
+        try:
+            scope = _footprint_query(scope, search=path.endswith("/search"))
+        except BadRequest as exc:
+            await _bad_request(send, str(exc))
+            return
         if scope["method"] == "POST" and path.endswith("/search"):
             try:
                 receive = await _footprint_body(receive)
@@ -214,8 +222,8 @@ def _footprint_query(scope: Scope, search: bool) -> Scope:
     if "query" in names and "filter" not in names:
         try:
             cql = query_as_filter(json.loads(dict(query)["query"]))
-        except ValueError:
-            cql = None
+        except ValueError as exc:  # stac-fastapi answered 500
+            raise BadRequest(f"query must be a JSON object: {exc}") from exc
         if cql is not None:
             query = [(k, v) for k, v in query if k not in ("query", "filter-lang")]
             query += [("filter", json.dumps(cql)), ("filter-lang", "cql2-json")]
