@@ -1,5 +1,5 @@
 # geoetl: `make up` starts the local stack, `make test` runs the tests (starting what they need).
-.PHONY: up down status logs test lint bench install clean
+.PHONY: up down status logs test lint bench bench-serving install clean
 
 up:
 	@scripts/stack.sh up
@@ -26,6 +26,10 @@ lint: install
 bench:
 	@scripts/bootstrap.sh --bench
 	.venv/bin/python -m bench $(BENCH_ARGS)
+
+bench-serving:
+	@scripts/bootstrap.sh --bench
+	.venv/bin/python -m bench.serving $(BENCH_ARGS)
 
 clean: down
 	rm -rf .run

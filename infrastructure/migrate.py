@@ -117,6 +117,31 @@ def ensure_collection(dsn: str, settings: Settings) -> None:
             conn.execute("SELECT pgstac.create_collection(%s::jsonb)", [json.dumps(vector_collection(settings))])
 
 
+# Item properties whose sort and comparison must not be textual (pgstac casts by the wrapper).
+STAC_QUERYABLES: list[tuple[str, dict, str]] = [
+    ("table:row_count", {"type": "integer", "title": "Rows in the table"}, "to_int"),
+    ("vector:feature_count", {"type": "integer", "title": "Features in the table"}, "to_int"),
+    ("created", {"type": "string", "format": "date-time"}, "to_tstz"),
+    ("start_datetime", {"type": "string", "format": "date-time"}, "to_tstz"),
+    ("end_datetime", {"type": "string", "format": "date-time"}, "to_tstz"),
+]
+
+
+def ensure_queryables(dsn: str, settings: Settings) -> None:
+    """pgstac queryables of the vector collection, so that numbers sort as numbers (not as text)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET search_path TO pgstac, public")  # pgstac's triggers name its functions bare
+        for name, definition, wrapper in STAC_QUERYABLES:
+            conn.execute(
+                "INSERT INTO pgstac.queryables (name, collection_ids, definition, property_wrapper)"
+                " SELECT %(name)s, ARRAY[%(collection)s], %(definition)s::jsonb, %(wrapper)s"
+                " WHERE NOT EXISTS (SELECT 1 FROM pgstac.queryables WHERE name = %(name)s"
+                " AND %(collection)s = ANY(collection_ids))",
+                {"name": name, "collection": settings.stac_collection, "definition": json.dumps(definition),
+                 "wrapper": wrapper},
+            )
+
+
 def migrate(settings: Settings | None = None) -> dict:
     """Bring the database to the current version; safe to run any number of times."""
     settings = settings or get_settings()
@@ -125,4 +150,5 @@ def migrate(settings: Settings | None = None) -> dict:
     applied = migrate_app(dsn)
     pgstac_version = migrate_pgstac(dsn)
     ensure_collection(dsn, settings)
+    ensure_queryables(dsn, settings)
     return {"database_created": created, "applied": applied, "pgstac": pgstac_version}

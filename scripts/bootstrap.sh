@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what geoetl needs on Debian 12 when it is missing: PostgreSQL + PostGIS (apt), Node + Azurite
 # (npm, project-local), the Python venv. Idempotent and quiet when everything is already there.
-#   scripts/bootstrap.sh [--test] [--bench]   (--test adds chromium; --bench adds gdal-bin)
+#   scripts/bootstrap.sh [--test] [--bench]   (--test adds chromium and gdal-bin; --bench adds gdal-bin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -47,7 +47,13 @@ if [[ ! -x .azurite/node_modules/.bin/azurite-blob ]]; then
 fi
 
 # --- optional system tools
-((want_test)) && apt_install chromium fonts-dejavu-core
+OGC_CLIENT_VERSION=1.3.0  # @camptocamp/ogc-client, run by the interop tests (geonetwork-ui's client)
+if ((want_test)) && [[ ! -f .ogc-client/node_modules/@camptocamp/ogc-client/package.json ]]; then
+  say "npm install @camptocamp/ogc-client@$OGC_CLIENT_VERSION into .ogc-client/"
+  mkdir -p .ogc-client
+  (cd .ogc-client && npm install --no-audit --no-fund --silent "@camptocamp/ogc-client@$OGC_CLIENT_VERSION" >/dev/null)
+fi
+((want_test)) && apt_install chromium fonts-dejavu-core gdal-bin  # gdal-bin: the interop tests run ogr2ogr (OAPIF)
 ((want_bench)) && apt_install gdal-bin
 
 # --- Python venv

@@ -9,7 +9,7 @@ that keeps the catalog fresh and resolves the seed's bare table names.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import quote, unquote
 
 import asyncpg
@@ -22,12 +22,22 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette_cramjam.middleware import CompressionMiddleware
 from tipg import __version__ as tipg_version
 from tipg import errors as tipg_errors
-from tipg.dependencies import filter_query
+from tipg.dependencies import (
+    ItemOutputType,
+    ItemResponseType,
+    ItemsOutputType,
+    ItemsResponseType,
+    bbox_query,
+    datetime_query,
+    filter_query,
+)
 from tipg.factory import Endpoints
 from tipg.openapi import _update_openapi
+from tipg.resources.enums import MediaType
 
 from triggers import errors
 from triggers.errors import ApiError, error_body
+from triggers.serving import interop, tipg_patches
 from triggers.serving.catalog import CatalogKeeper
 from triggers.serving.pages import tipg_templates
 
@@ -60,10 +70,17 @@ def build_app() -> FastAPI:
         docs_url="/api.html",
         redoc_url=None,
     )
+    tipg_patches.install()
     _update_openapi(app)
     endpoints = Endpoints(title=TITLE, with_tiles_viewer=False, router_prefix="", templates=tipg_templates())
     app.include_router(endpoints.router)
     app.dependency_overrides[filter_query] = _parse_filter
+    app.dependency_overrides[bbox_query] = _parse_bbox
+    app.dependency_overrides[datetime_query] = _parse_datetime
+    app.dependency_overrides[ItemsOutputType] = _items_output
+    app.dependency_overrides[ItemOutputType] = _item_output
+    _document_limits(app)
+    app.add_middleware(interop.FeaturesInterop)
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"], allow_headers=["*"])
     app.add_middleware(CompressionMiddleware, compression_level=6)
     # links follow Forwarded / X-Forwarded-* like the STAC API's (behind Front Door or APIM)
@@ -73,16 +90,96 @@ def build_app() -> FastAPI:
 
 
 def _parse_filter(request: Request) -> Expr | None:
-    """tipg's filter parsing, with an unparsable filter answered 400 instead of 500."""
+    """tipg's filter parsing, with an unparsable filter answered 400 instead of 500, CQL2 BBOX
+    literals in lon/lat, and an antimeridian-crossing `bbox` parameter as two boxes."""
     text = request.query_params.get("filter")
     lang = request.query_params.get("filter-lang")
     if lang not in (None, "cql2-text", "cql2-json"):
         raise ApiError(400, "validation_error", f"filter-lang must be cql2-text or cql2-json, not {lang!r}")
     try:
-        return filter_query(query=text, filter_lang=lang)  # type: ignore[arg-type]
+        expr = filter_query(query=text, filter_lang=lang)  # type: ignore[arg-type]
     except Exception as exc:  # cql2 raises a bare Exception on syntax errors
         message = f"invalid filter: {str(exc).strip().splitlines()[-1][:300]}"
         raise ApiError(400, "validation_error", message) from exc
+    if expr is not None:
+        expr = Expr(interop.replace_bbox_literals(expr.to_json()))
+    bbox = bbox_query(request.query_params.get("bbox"))
+    if interop.crosses_antimeridian(bbox):
+        assert bbox is not None
+        column = _geometry_column(request)
+        if column is not None:
+            split = Expr({"op": "s_intersects", "args": [{"property": column}, interop.bbox_polygons(bbox)]})
+            expr = split if expr is None else expr + split
+    return expr
+
+
+def _geometry_column(request: Request) -> str | None:
+    catalog = getattr(request.app.state, "collection_catalog", None) or {}
+    collection = (catalog.get("collections") or {}).get(request.path_params.get("collectionId", ""))
+    if collection is None:
+        return None
+    column = collection.get_geometry_column(request.query_params.get("geom-column"))
+    return column.name if column is not None else None
+
+
+def _parse_bbox(request: Request) -> list[float] | None:
+    """tipg's bbox, except one crossing the antimeridian: _parse_filter turns it into two boxes."""
+    bbox = bbox_query(request.query_params.get("bbox"))
+    return None if interop.crosses_antimeridian(bbox) else bbox
+
+
+def _parse_datetime(request: Request) -> list[str] | None:
+    """tipg's datetime, with dates and dates with an empty time accepted (see interop)."""
+    value = request.query_params.get("datetime")
+    if not value:
+        return None
+    parts = interop.normalise_datetime(value)
+    if len(parts) > 2:
+        raise ApiError(400, "validation_error", f"invalid datetime: {value[:100]!r} (instant or start/end)")
+    return parts
+
+
+def _items_output(request: Request) -> MediaType | None:
+    """tipg's output type, except that JSON on items is GeoJSON: f=json (and Accept:
+    application/json) get a FeatureCollection, not tipg's flat array of rows, which clients
+    such as @camptocamp/ogc-client read as no features (OGC API - Features Part 1, 7.16.2
+    asks for GeoJSON under the JSON conformance class)."""
+    f = request.query_params.get("f")
+    if f is not None and f not in get_args(ItemsResponseType):
+        raise ApiError(400, "validation_error", f"unknown output format f={f[:40]!r}")
+    chosen = ItemsOutputType(request, f)  # type: ignore[arg-type]
+    return MediaType.geojson if chosen == MediaType.json else chosen
+
+
+def _item_output(request: Request) -> MediaType | None:
+    """The same for one item: f=json is a GeoJSON Feature, not tipg's flat row."""
+    f = request.query_params.get("f")
+    if f is not None and f not in get_args(ItemResponseType):
+        raise ApiError(400, "validation_error", f"unknown output format f={f[:40]!r}")
+    chosen = ItemOutputType(request, f)  # type: ignore[arg-type]
+    return MediaType.geojson if chosen == MediaType.json else chosen
+
+
+def _document_limits(app: FastAPI) -> None:
+    """The OpenAPI document says what the items route really does with `limit` (GDAL reads it)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        for path, methods in doc.get("paths", {}).items():
+            if not path.endswith("/items"):
+                continue
+            for param in methods.get("get", {}).get("parameters", []):
+                if param.get("name") == "limit":
+                    param.setdefault("schema", {}).update(
+                        {"default": interop.DEFAULT_LIMIT, "maximum": interop.MAX_LIMIT, "minimum": 0}
+                    )
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_errors(app: FastAPI) -> None:

@@ -67,6 +67,7 @@ class Serving:
                 schemas=db_settings.schemas,
                 tipg_schema=db_settings.tipg_schema,
                 settings=lib_settings.tipg_postgres_settings(self.settings),
+                server_settings=lib_settings.SERVING_SERVER_SETTINGS,
             )
             self.tipg_open = True
             await self.keeper.refresh()

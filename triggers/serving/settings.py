@@ -20,6 +20,12 @@ from tipg.settings import PostgresSettings as TipgPostgresSettings
 
 from config import Settings
 
+# Session settings of the serving pools. PostGIS functions carry high planner costs, so ordinary
+# page and tile queries of a large table looked expensive to the planner: JIT spent ~430 ms
+# compiling a 10 ms tile query, and parallel workers took 20-40 ms to start for a 10 ms bbox
+# count (10M-row table; see BENCHMARKS.md, "Serving"). Concurrent requests are the parallelism.
+SERVING_SERVER_SETTINGS = {"jit": "off", "max_parallel_workers_per_gather": "0"}
+
 # Connection parameters asyncpg understands in a URL query string.
 _URL_PARAMS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "application_name", "options")
 
@@ -123,4 +129,5 @@ def stac_postgres_settings(settings: Settings) -> StacPostgresSettings:
         dsn=asyncpg_url(settings.dsn),
         db_min_conn_size=low,
         db_max_conn_size=high,
+        server_settings={"search_path": "pgstac,public", "application_name": "pgstac", **SERVING_SERVER_SETTINGS},
     )

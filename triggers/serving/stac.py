@@ -14,7 +14,10 @@ from fastapi import FastAPI
 from stac_fastapi.pgstac.app import instantiate_api
 from stac_fastapi.pgstac.config import Settings as StacSettings
 from stac_fastapi.pgstac.models.extensions import Extensions
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from triggers.serving.stac_interop import StacInterop
 
 
 @asynccontextmanager
@@ -43,4 +46,5 @@ def build_app(settings: StacSettings) -> FastAPI:
     api = instantiate_api(extensions=Extensions(settings=settings), lifespan=_no_lifespan, settings=settings)
     api.client.landing_page_id = settings.stac_fastapi_landing_id  # its default is read from the env at import
     api.app.add_middleware(JsonBodies)
+    api.app.user_middleware.append(Middleware(StacInterop))  # innermost: sees uncompressed bodies
     return api.app

@@ -1,0 +1,295 @@
+"""Serving benchmark: the same four requests on a 200k- and a 10M-row table, through the API and in psql.
+
+    .venv/bin/python -m bench.serving [--rows 200000,10000000] [--requests 60] [--port 61801]
+                                      [--out BENCHMARKS.md] [--json bench/results/serving.json]
+
+The tables are generated in PostgreSQL (generate_series: points over the world, an integer
+`rank` with 97 values, a timestamp), indexed and ANALYZEd the way an ingest leaves them, in a
+database of the benchmark's own (GEOETL_BENCH_SERVING_DSN). A real `geoetl serve` answers
+sequential requests (one at a time, after 5 warm-ups); p50/p95 are over those. "psql" is the
+SQL the serving layer runs for the same request, timed in one session with the same
+parameters (EXPLAIN ANALYZE's execution time, so without the client round trip), so the
+difference is the serving overhead: HTTP, JSON/MVT encoding, catalog checks.
+
+Only the section "## Serving" of --out is replaced; the rest of the report is left as it is.
+"""
+
+# ruff: noqa: S608 - the statements are this benchmark's own constants; the one identifier, the table
+# name, is quoted by psycopg (sql.Identifier) before it is placed in them.
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import requests
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+DSN = os.environ.get("GEOETL_BENCH_SERVING_DSN", "postgresql://postgres:postgres@127.0.0.1:5432/geoetl_bench_serving")
+SECTION = "## Serving: sequential requests on 200k and 10M rows"
+BBOX = (0.0, 40.0, 10.0, 50.0)
+TILE = (5, 17, 11)  # z/x/y over Europe and Africa's north
+CQL = "rank = 5"
+
+
+def say(msg: str) -> None:
+    print(f"[bench.serving {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def table_name(rows: int) -> str:
+    return f"bench_serving_sorted_{rows}"
+
+
+def ensure_database() -> None:
+    env = {**os.environ, "DATABASE_URL": DSN, "GEOETL_LOCAL_SETTINGS": str(ROOT / ".run" / "no-local-settings.json")}
+    code = ("from infrastructure.migrate import ensure_database, migrate_app, migrate_pgstac;"
+            f"import sys; d={DSN!r}; ensure_database(d); migrate_app(d); migrate_pgstac(d)")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
+
+
+def ensure_table(conn: psycopg.Connection, rows: int) -> float | None:
+    """The points table of `rows` rows; generated seconds, or None when it was already there."""
+    t = sql.Identifier("geo", table_name(rows))
+    have = conn.execute("SELECT to_regclass(%s) IS NOT NULL AS ok", [f"geo.{table_name(rows)}"]).fetchone()
+    if have and have[0]:
+        n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(t)).fetchone()
+        if n and n[0] == rows:
+            return None
+        conn.execute(sql.SQL("DROP TABLE {}").format(t))
+    t0 = time.perf_counter()
+    conn.execute("CREATE SCHEMA IF NOT EXISTS geo")
+    conn.execute(sql.SQL(
+        "CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, rank integer, cat text,"
+        " observed timestamptz, geom geometry(Point, 4326))").format(t))
+    conn.execute(sql.SQL(
+        "INSERT INTO {} (rank, cat, observed, geom)"
+        " SELECT k %% 97, (ARRAY['a','b','c'])[1 + k %% 3], timestamptz '2021-01-01 00:00:00+00' + k * interval '1 s',"
+        " g FROM (SELECT k, ST_SetSRID(ST_MakePoint(random() * 360 - 180, random() * 170 - 85), 4326) AS g"
+        " FROM generate_series(0::bigint, %s) k) s ORDER BY ST_GeoHash(g, 6)").format(t), [rows - 1])
+    conn.execute(sql.SQL("CREATE INDEX ON {} USING gist (geom)").format(t))
+    conn.execute(sql.SQL("VACUUM ANALYZE {}").format(t))
+    return round(time.perf_counter() - t0, 1)
+
+
+def requests_for(rows: int) -> dict[str, tuple[str, dict[str, str]]]:
+    cid = f"geo.{table_name(rows)}"
+    z, x, y = TILE
+    return {
+        "items page (limit=100)": (f"/collections/{cid}/items", {"limit": "100"}),
+        "bbox query (limit=100)": (f"/collections/{cid}/items", {"limit": "100", "bbox": ",".join(map(str, BBOX))}),
+        "CQL2 filter (limit=100)": (f"/collections/{cid}/items", {"limit": "100", "filter": CQL}),
+        f"tile z{z} ({z}/{x}/{y})": (f"/collections/{cid}/tiles/WebMercatorQuad/{z}/{x}/{y}", {}),
+    }
+
+
+def sql_for(conn: psycopg.Connection, rows: int) -> dict[str, list[str]]:
+    """The statements the serving layer runs for each request (count where it counts, then the page)."""
+    t = sql.Identifier("geo", table_name(rows)).as_string(conn)
+    big = rows > 100_000  # tipg_patches.COUNT_EXACT_MAX_ROWS
+    cols = "SELECT id, rank, cat, observed, CAST(ST_AsGeoJSON(geom) AS json)"
+    box = f"ST_GeomFromGeoJSON('{json.dumps(_polygon(BBOX))}')"
+    bbox_where = f"WHERE st_intersects(geom, {box})"
+    z, x, y = TILE
+    env = f"ST_TileEnvelope({z}, {x}, {y})"
+    in_tile = f"WHERE st_intersects(geom, ST_Transform({env}, 4326))"
+    tile_count = f"SELECT count(*) FROM (SELECT 1 FROM {t} {in_tile} LIMIT 10001) s"
+    counted = conn.execute(tile_count).fetchone()
+    if counted is not None and counted[0] > 10_000:  # over the budget: one point per cell of a 64 x 64 grid
+        cell = f"((ST_XMax({env}) - ST_XMin({env})) / 64)"
+        tile = (f"SELECT ST_AsMVT(t.*, 'default') FROM (SELECT ST_AsMVTGeom(ST_SetSRID(ST_MakePoint(avg(x), avg(y)),"
+                f" 3857), {env}, 4096, 256, true) AS geom, count(*)::int AS point_count FROM (SELECT ST_X(g) AS x,"
+                f" ST_Y(g) AS y FROM (SELECT ST_Transform(geom, 3857) AS g FROM {t} {in_tile}) s0) s"
+                f" GROUP BY floor((x - ST_XMin({env})) / {cell})::int, floor((y - ST_YMin({env})) / {cell})::int) t"
+                " WHERE geom IS NOT NULL")
+    else:
+        tile = (f"SELECT ST_AsMVT(t.*, 'default') FROM (SELECT id, rank, cat, observed, ST_AsMVTGeom(ST_Transform("
+                f"geom, 3857), {env}, 4096, 256, true) AS geom FROM {t} {in_tile} ORDER BY id LIMIT 10000) t")
+    filtered_counted = not big  # no index on rank: a count would scan the table, so large tables skip it
+    return {
+        "items page (limit=100)": ([] if big else [f"SELECT count(*) FROM {t}"])
+        + [f"{cols} FROM {t} ORDER BY id LIMIT 101"],
+        "bbox query (limit=100)": [f"SELECT count(*) FROM {t} {bbox_where}",
+                                   f"{cols} FROM {t} {bbox_where} ORDER BY id LIMIT 101"],
+        "CQL2 filter (limit=100)": ([f"SELECT count(*) FROM {t} WHERE rank = 5"] if filtered_counted else [])
+        + [f"{cols} FROM {t} WHERE rank = 5 ORDER BY id LIMIT 101"],
+        f"tile z{z} ({z}/{x}/{y})": [tile_count, tile],
+    }
+
+
+def _polygon(b: tuple[float, float, float, float]) -> dict[str, Any]:
+    w, s, e, n = b
+    return {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"p50_ms": round(statistics.median(ordered), 1), "p95_ms": round(p95, 1)}
+
+
+def time_http(base: str, path: str, params: dict[str, str], n: int) -> dict[str, Any]:
+    session = requests.Session()
+    for _ in range(5):
+        session.get(base + path, params=params, timeout=120).raise_for_status()
+    samples = []
+    size = 0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = session.get(base + path, params=params, timeout=120)
+        samples.append((time.perf_counter() - t0) * 1000)
+        r.raise_for_status()
+        size = len(r.content)
+    return {**percentiles(samples), "bytes": size}
+
+
+def time_sql(conn: psycopg.Connection, statements: list[str], n: int) -> dict[str, Any]:
+    conn.execute("SET jit = off")  # as the serving pools run (triggers/serving/settings.py)
+    conn.execute("SET max_parallel_workers_per_gather = 0")
+    samples = []
+    for i in range(n + 3):
+        total = 0.0
+        for statement in statements:
+            plan = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}").fetchone()
+            assert plan is not None
+            doc = plan[0] if not isinstance(plan[0], str) else json.loads(plan[0])
+            total += float(doc[0]["Execution Time"]) + float(doc[0]["Planning Time"])
+        if i >= 3:
+            samples.append(total)
+    return percentiles(samples)
+
+
+def serve(port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DATABASE_URL": DSN, "API_KEYS": "", "BLOB_BACKEND": "local", "LOG_LEVEL": "WARNING",
+           "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+           "GEOETL_LOCAL_SETTINGS": str(ROOT / ".run" / "no-local-settings.json")}
+    (ROOT / ".run").mkdir(exist_ok=True)
+    log = open(ROOT / ".run" / "bench-serving-api.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "triggers.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/api/features/", timeout=2).status_code == 200:
+                return proc
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError("the API did not start; see .run/bench-serving-api.log")
+
+
+def run(rows_list: list[int], n: int, port: int) -> dict[str, Any]:
+    ensure_database()
+    results: dict[str, Any] = {"requests": n, "bbox": BBOX, "tile": TILE, "filter": CQL, "tables": {},
+                               "load_before": [round(v, 1) for v in os.getloadavg()]}
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        for rows in rows_list:
+            generated = ensure_table(conn, rows)
+            say(f"{rows:,} rows ready" + (f" (generated in {generated} s)" if generated else " (kept)"))
+            results["tables"][str(rows)] = {"generate_s": generated, "queries": {}}
+    proc = serve(port)
+    base = f"http://127.0.0.1:{port}/api/features"
+    try:
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            for rows in rows_list:
+                statements = sql_for(conn, rows)
+                for label, (path, params) in requests_for(rows).items():
+                    http = time_http(base, path, params, n)
+                    psql = time_sql(conn, statements[label], n)
+                    results["tables"][str(rows)]["queries"][label] = {"api": http, "psql": psql}
+                    say(f"{rows:,} {label}: API p50 {http['p50_ms']} p95 {http['p95_ms']} ms;"
+                        f" SQL p50 {psql['p50_ms']} p95 {psql['p95_ms']} ms")
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    results["load_after"] = [round(v, 1) for v in os.getloadavg()]
+    return results
+
+
+def render(results: dict[str, Any]) -> str:
+    rows_list = sorted(int(r) for r in results["tables"])
+    lo, hi = str(rows_list[0]), str(rows_list[-1])
+    labels = list(results["tables"][lo]["queries"])
+    out = [SECTION, "",
+           f"`python -m bench.serving` ({time.strftime('%Y-%m-%d', time.gmtime(results.get('at', time.time())))}):"
+           f" {results['requests']} sequential requests per line after 5 warm-ups, one `geoetl serve` process,"
+           " points uniformly over the world, generated in PostgreSQL in spatial order (ORDER BY ST_GeoHash, as"
+           " a file sorted by place loads), GiST-indexed, ANALYZEd. API = the"
+           " request through HTTP; SQL = the statements the serving layer runs for it (count where it"
+           " counts, then the page with one row more), planning + execution in one session.", "",
+           "| request | rows | API p50 ms | API p95 ms | SQL p50 ms | SQL p95 ms | bytes |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label in labels:
+        for rows in rows_list:
+            q = results["tables"][str(rows)]["queries"][label]
+            out.append(f"| {label} | {rows:,} | {q['api']['p50_ms']} | {q['api']['p95_ms']} | {q['psql']['p50_ms']}"
+                       f" | {q['psql']['p95_ms']} | {q['api']['bytes']:,} |")
+    out += ["", f"p50 at {int(hi):,} rows / p50 at {int(lo):,} rows (target: at most 2x):", ""]
+    for label in labels:
+        a = results["tables"][hi]["queries"][label]["api"]["p50_ms"]
+        b = results["tables"][lo]["queries"][label]["api"]["p50_ms"]
+        out.append(f"- {label}: {a / b:.2f}x")
+    load = f"{results.get('load_before', ['?'])[0]} before, {results.get('load_after', ['?'])[0]} after"
+    out += ["", f"Load average of the 2-core machine (shared with other test runs): {load}; p50s moved by up"
+            " to 2x between runs of the same code, so read the ratios with that noise in mind.", "",
+            "Where the time goes:", "",
+            "- items page and CQL2 filter (`rank` has no index): tables above 100k rows skip the count, which"
+            " would scan the table; the page itself reads 101 rows in id order, so 10M costs what 200k does.",
+            "- bbox: the count goes through the GiST index and the page sorts the matches by id, so both read"
+            f" every match: about {int(lo) * 100 // 61200:,} at {int(lo):,} rows and {int(hi) * 100 // 61200:,}"
+            f" at {int(hi):,} rows for this 10x10 degree box. The time follows the matches, not the table.",
+            "- tile: the tile holds about 50 times more points at 10M; over the 10,000-feature budget they are"
+            " aggregated (one point per cell of a 64 x 64 grid), which still reads every point of the tile."
+            " Staying flat would take a pre-aggregated overview per zoom, built at ingest (not done).",
+            "- In random physical order (`bench/results/serving-random-order.json`, before spatial loading and"
+            " before the pools ran without JIT) the same 10M tile took 403 ms p50: one heap page per point.",
+            "- The serving pools run with `jit=off` and `max_parallel_workers_per_gather=0`"
+            " (triggers/serving/settings.py): JIT compiled for ~430 ms and parallel workers took 20-40 ms to"
+            " start for queries that run in 10 ms.", ""]
+    out += ["", "bbox: " + ",".join(map(str, results["bbox"])) + f"; filter: `{results['filter']}`;"
+            " tables above 100k rows leave numberMatched out where counting would scan the table (unfiltered"
+            " pages, filters no index serves) or match more than 100k rows, so those pages skip the count;"
+            " tiles over 10,000"
+            " features are aggregated (points) or simplified (lines, polygons).", ""]
+    return "\n".join(out)
+
+
+def write_section(path: Path, text: str) -> None:
+    old = path.read_text() if path.exists() else ""
+    if SECTION in old:
+        head, _, rest = old.partition(SECTION)
+        nxt = rest.find("\n## ")
+        new = head + text + (rest[nxt + 1:] if nxt >= 0 else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    path.write_text(new if new.endswith("\n") else new + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", default="200000,10000000")
+    p.add_argument("--requests", type=int, default=60)
+    p.add_argument("--port", type=int, default=61801)
+    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "serving.json")
+    args = p.parse_args(argv)
+    rows_list = [int(r) for r in args.rows.split(",") if r.strip()]
+    results = run(rows_list, args.requests, args.port)
+    results["at"] = time.time()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1))
+    write_section(args.out, render(results))
+    say(f"wrote {args.json} and the serving section of {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Corrections to tipg 1.6's query building, carried here until upstream has them.
+
+Each one is small and keeps tipg's own signatures, so it can be dropped when tipg fixes it
+(tests/test_interop_features.py shows the upstream behaviour each one corrects):
+
+- paging under `sortby`: tipg orders only by the requested keys, so rows that tie on a
+  non-unique key come back in any order from page to page (rows duplicated and dropped).
+  The id column is appended as the last key: a total order, exact paging.
+- `numberMatched`: tipg runs COUNT(*) over the matched rows for every page. On a table larger
+  than COUNT_EXACT_MAX_ROWS, a page whose count would scan the table (every unfiltered page, a
+  filter no index serves) or that the planner expects to match more rows than that leaves it
+  out (OGC API - Features Part 1, 7.15.4: the
+  member is optional, but exact when present); `next` comes from fetching one row more.
+- vector tiles: tipg cuts a tile at `max_features_per_tile` rows, silently. Here a tile over
+  the budget (TILE_FEATURE_BUDGET) degrades instead: points are aggregated into one point per
+  grid cell (64 x 64 cells per tile) with a `point_count`, lines and polygons are simplified to the tile's pixel
+  size; nothing is dropped. A tile within the budget is exactly tipg's.
+- conformance: tipg declares the `oas30` classes while FastAPI serves an OpenAPI 3.1
+  document; they are not declared (no OGC class covers 3.1 yet).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from typing import Any
+
+import asyncpg
+from tipg import collections as tipg_collections
+from tipg import factory as tipg_factory
+from tipg.collections import Feature, ItemList, PgCollection, features_settings, mvt_settings
+from tipg.errors import InvalidGeometryColumnName, InvalidLimit
+from tipg.resources.response import orjsonDumps
+
+COUNT_EXACT_MAX_ROWS = 100_000  # unfiltered pages of larger tables omit numberMatched
+TILE_FEATURE_BUDGET = 10_000  # features a tile holds as they are; above, it degrades
+TILE_HARD_LIMIT = 1_000_000  # what tipg's own per-tile check may let through (ours decides)
+CLUSTER_CELLS = 64  # an aggregated tile has at most 64 x 64 points (cells of 4 px on a 256 px tile)
+POINT_TYPES = {"point", "multipoint"}
+
+# set by the count below, read by the response's render (same request task)
+_omit_matched: contextvars.ContextVar[bool] = contextvars.ContextVar("geoetl_omit_matched", default=False)
+
+_original_get_tile = PgCollection.get_tile
+# tipg's own methods, kept so that tests can show what each correction changes
+UPSTREAM = {"_sortby": PgCollection._sortby, "features": PgCollection.features, "get_tile": PgCollection.get_tile}
+_installed = False
+
+
+def _sortby(self: PgCollection, sortby: str | None) -> str:
+    """tipg's ORDER BY, with the id column as the final key when the request sorts."""
+    sorts = self._sort_expressions(sortby)
+    if sortby and self.id_column is not None and self.id_column.name not in [name for name, _ in sorts]:
+        sorts.append((self.id_column.name, tipg_collections._quote_ident(self.id_column.name)))
+    return "ORDER BY " + ", ".join(fragment for _, fragment in sorts)
+
+
+async def _estimated_rows(self: PgCollection, conn: asyncpg.Connection) -> float:
+    value = await conn.fetchval(
+        "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND c.relname = $2",
+        self.dbschema,
+        self.table,
+    )
+    return float(value or 0.0)
+
+
+async def _count_is_cheap(self: PgCollection, conn: asyncpg.Connection, where: Any) -> bool:
+    """A small table, or a filter the planner counts through an index over few rows (one EXPLAIN)."""
+    if self.type == "Function" or await _estimated_rows(self, conn) <= COUNT_EXACT_MAX_ROWS:
+        return True
+    if where is None:
+        return False
+    plan = await conn.fetchval(
+        f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {self._qualified_name} {self._where_clause(where)}"  # noqa: S608
+    )
+    root = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
+    return float(root["Plan Rows"]) <= COUNT_EXACT_MAX_ROWS and not _scans_the_table(root)
+
+
+def _scans_the_table(node: dict[str, Any]) -> bool:
+    if node.get("Node Type") in ("Seq Scan", "Parallel Seq Scan"):
+        return True
+    return any(_scans_the_table(child) for child in node.get("Plans", []))
+
+
+async def _features(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any) -> ItemList:
+    """tipg's features(), counting only when the count is cheap or the request is filtered."""
+    limit = kwargs.get("limit") or features_settings.default_features_limit
+    offset = kwargs.get("offset") or 0
+    geom = kwargs.get("geom")
+    function_parameters = kwargs.get("function_parameters") or {}
+    if geom and geom.lower() != "none" and not self.get_geometry_column(geom):
+        raise InvalidGeometryColumnName(f"Invalid Geometry Column: {geom}.")
+    if limit > features_settings.max_features_per_query:
+        raise InvalidLimit(f"Limit can not be set higher than {features_settings.max_features_per_query}")
+    where = self.cql_where(
+        ids=kwargs.get("ids_filter"),
+        datetime=kwargs.get("datetime_filter"),
+        bbox=kwargs.get("bbox_filter"),
+        properties=kwargs.get("properties_filter"),
+        cql=kwargs.get("cql_filter"),
+        geom=geom,
+        dt=kwargs.get("dt"),
+    )
+    matched: int | None = None
+    if await _count_is_cheap(self, conn, where):
+        matched = await self._features_count_query(conn, where=where, function_parameters=function_parameters)
+    features: list[Feature] = [
+        f
+        async for f in self._features_query(
+            conn,
+            where=where,
+            sortby=kwargs.get("sortby"),
+            properties=kwargs.get("properties"),
+            geom=geom,
+            limit=limit + 1,
+            offset=offset,
+            bbox_only=kwargs.get("bbox_only"),
+            simplify=kwargs.get("simplify"),
+            geom_as_wkt=kwargs.get("geom_as_wkt", False),
+            function_parameters=function_parameters,
+        )
+    ]
+    more = len(features) > limit
+    features = features[:limit]
+    if matched is None:
+        _omit_matched.set(True)
+    return ItemList(
+        items=features,
+        matched=matched,
+        next=offset + len(features) if more else None,
+        prev=max(offset - limit, 0) if offset else None,
+    )
+
+
+def _tile_query_parts(self: PgCollection, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    geometry_column = self.get_geometry_column(kwargs.get("geom"))
+    if not geometry_column:
+        raise InvalidGeometryColumnName(f"Invalid Geometry Column Name {kwargs.get('geom')}")
+    where = self.cql_where(
+        ids=kwargs.get("ids_filter"),
+        datetime=kwargs.get("datetime_filter"),
+        bbox=kwargs.get("bbox_filter"),
+        properties=kwargs.get("properties_filter"),
+        cql=kwargs.get("cql_filter"),
+        geom=kwargs.get("geom"),
+        dt=kwargs.get("dt"),
+        tms=kwargs["tms"],
+        tile=kwargs["tile"],
+    )
+    return geometry_column, where
+
+
+async def _get_tile(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any) -> bytes:
+    """tipg's tile when it holds at most the budget (or the client set `limit`); degraded otherwise."""
+    if kwargs.get("limit") or self.type == "Function":
+        return await _original_get_tile(self, conn, **kwargs)
+    geometry_column, where = _tile_query_parts(self, kwargs)
+    # as in tipg: the name comes from the catalog, quoted; the WHERE clause is rendered by cql2
+    count_sql = (
+        f"SELECT count(*) FROM (SELECT 1 FROM {self._qualified_name} {self._where_clause(where)}"  # noqa: S608
+        f" LIMIT {TILE_FEATURE_BUDGET + 1}) s"
+    )
+    if await conn.fetchval(count_sql) <= TILE_FEATURE_BUDGET:
+        return await _original_get_tile(self, conn, **{**kwargs, "limit": TILE_FEATURE_BUDGET})
+    tms, tile = kwargs["tms"], kwargs["tile"]
+    tms_srid = tms.crs.to_epsg()
+    bounds = tms.xy_bounds(tile)
+    if geometry_column.geometry_type.lower() in POINT_TYPES and tms_srid:
+        return await _clustered_tile(self, conn, geometry_column, where, tms_srid, bounds)
+    # a pixel of this tile, in the column's units (degrees for the 4326 tables geoetl writes)
+    west, _, east, _ = tms.bounds(tile)
+    pixel = (east - west) / mvt_settings.tile_resolution
+    return await _original_get_tile(
+        self, conn, **{**kwargs, "limit": TILE_HARD_LIMIT, "simplify": kwargs.get("simplify") or pixel}
+    )
+
+
+async def _clustered_tile(
+    self: PgCollection, conn: asyncpg.Connection, column_info: Any, where: Any, srid: int, bounds: Any
+) -> bytes:
+    """One point per grid cell, at the mean of its points, with their number as point_count."""
+    cell = (bounds.right - bounds.left) / CLUSTER_CELLS
+    geom, geometry_type = column_info.name, column_info.geometry_type.lower()
+    column = f"ST_Transform(CAST({tipg_collections._quote_ident(geom)} AS geometry), {srid})"
+    if geometry_type != "point":
+        column = f"ST_Centroid({column})"
+    envelope = f"ST_MakeEnvelope({bounds.left}, {bounds.bottom}, {bounds.right}, {bounds.top}, {srid})"
+    layer = self.table if mvt_settings.set_mvt_layername is True else "default"
+    # names from the catalog (quoted), WHERE from cql2, numbers from the TMS
+    sql = (
+        "WITH t AS (SELECT ST_AsMVTGeom(ST_SetSRID(ST_MakePoint(avg(x), avg(y)), "  # noqa: S608
+        f"{srid}), {envelope}, {int(mvt_settings.tile_resolution)}, {int(mvt_settings.tile_buffer)}, TRUE) AS geom,"
+        " count(*)::int AS point_count"
+        f" FROM (SELECT ST_X(g) AS x, ST_Y(g) AS y FROM (SELECT {column} AS g FROM {self._qualified_name}"
+        f" {self._where_clause(where)}) s0) s"
+        f" GROUP BY floor((x - {bounds.left}) / {cell})::int, floor((y - {bounds.bottom}) / {cell})::int)"
+        " SELECT ST_AsMVT(t.*, $1) FROM t WHERE geom IS NOT NULL"
+    )
+    return bytes(await conn.fetchval(sql, layer))
+
+
+class _GeoJSONResponse(tipg_factory.GeoJSONResponse):
+    """tipg's GeoJSON response, leaving out numberMatched when it was not counted."""
+
+    def render(self, content: Any) -> bytes:
+        if _omit_matched.get() and isinstance(content, dict) and content.get("numberMatched", 0) is None:
+            content = {k: v for k, v in content.items() if k != "numberMatched"}
+        return orjsonDumps(content)
+
+
+def _drop_oas30() -> None:
+    for conforms in (tipg_factory.COMMON_CONFORMS, tipg_factory.FEATURES_CONFORMS, tipg_factory.TILES_CONFORMS):
+        conforms[:] = [c for c in conforms if not c.endswith("/conf/oas30")]
+
+
+def install() -> None:
+    """Apply the corrections (idempotent; before the tipg app is built)."""
+    global _installed
+    if _installed:
+        return
+    PgCollection._sortby = _sortby  # type: ignore[method-assign]
+    PgCollection.features = _features  # type: ignore[method-assign]
+    PgCollection.get_tile = _get_tile  # type: ignore[method-assign]
+    mvt_settings.max_features_per_tile = TILE_HARD_LIMIT
+    tipg_factory.GeoJSONResponse = _GeoJSONResponse  # type: ignore[misc]
+    _drop_oas30()
+    _installed = True
