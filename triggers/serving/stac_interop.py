@@ -26,6 +26,8 @@ from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from triggers.errors import error_body
+
 MAX_BODY_BYTES = 1 << 20
 
 
@@ -258,7 +260,9 @@ async def _footprint_body(receive: Receive) -> Receive:
 
 
 async def _bad_request(send: Send, message: str) -> None:
-    body = json.dumps({"code": "BadRequest", "description": message}).encode()
+    """The project's error body in both conventions, as the STAC app's own handlers answer."""
+    err = error_body("validation_error", message)
+    body = json.dumps(err | {"code": "BadRequest", "description": err["message"]}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 400, "headers": headers})
     await send({"type": "http.response.body", "body": body})
