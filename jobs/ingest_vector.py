@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field
@@ -81,6 +81,11 @@ class GeometryParams(BaseModel):
     simplify_tolerance: float | None = Field(None, gt=0, le=10, description="Douglas-Peucker tolerance (degrees).")
     preserve_topology: bool = Field(True, description="Simplify without creating invalid geometries.")
     quantize_grid: float | None = Field(None, gt=0, le=1, description="Snap coordinates to this grid (degrees).")
+    invalid: Literal["repair", "keep", "fail"] = Field(
+        "repair",
+        description="Invalid geometries: repaired (make_valid 'structure', bounded per feature), kept as they are "
+        "and counted, or the job fails naming the first one.",
+    )
 
 
 class IngestVectorParameters(JobParameters):
@@ -213,8 +218,9 @@ class IngestVectorJob(JobBase):
                 per_chunk = [{"fids": chunk["fids"], **source} for chunk in prep["chunks"]]
             else:
                 container = prep["intermediate_container"]
+                repair = {"geometry_params": params["geometry_params"], "source_file": params["blob_name"]}
                 per_chunk = [
-                    {"chunk_path": c["path"], "rows": c["rows"], "intermediate_container": container}
+                    {"chunk_path": c["path"], "rows": c["rows"], "intermediate_container": container, **repair}
                     for c in prep["chunks"]
                 ]
             return [
@@ -343,11 +349,18 @@ class IngestVectorJob(JobBase):
         ).fetchone()
         if row is None:
             return {}
+        running = conn.execute(
+            "SELECT task_id, stage, progress FROM app.tasks WHERE parent_job_id = %s AND status = 'processing'"
+            " AND progress IS NOT NULL ORDER BY task_id",
+            [job.job_id],
+        ).fetchall()
         return {
             "chunks_total": None if row["chunks_total"] is None else int(row["chunks_total"]),
             "chunks_done": int(row["chunks_done"] or 0),
             "rows_total": None if row["rows_total"] is None else int(row["rows_total"]),
             "rows_loaded": int(row["rows_loaded"] or 0),
+            # what each running task has done so far (features read, features repaired)
+            "running_tasks": [{"task_id": r["task_id"], "stage": r["stage"], **r["progress"]} for r in running],
         }
 
 

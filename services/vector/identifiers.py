@@ -12,6 +12,8 @@ from collections.abc import Iterable
 MAX_IDENTIFIER_BYTES = 63
 ID_COLUMN = "id"
 GEOMETRY_COLUMN = "geom"
+# In a chunk only: the feature number of a row stage 1 left invalid for stage 2 to repair (null otherwise)
+REPAIR_COLUMN = "__geoetl_repair_feature"
 
 # pg_get_keywords() categories R (reserved) and T (reserved, can be function or type), PostgreSQL 15-17.
 RESERVED_WORDS = frozenset(
