@@ -209,7 +209,8 @@ class IngestVectorJob(JobBase):
         if stage == 2:
             prep = stage1_result(previous_results)
             columns = [{"name": c["name"], "type": c["type"]} for c in prep["columns"]]
-            catalog = {"indexes": prep["indexes"], "geometry_type": prep["geometry_type"], "columns": columns}
+            described = [{**c, "source_name": c.get("source_name")} for c in prep["columns"]]
+            catalog = {"indexes": prep["indexes"], "geometry_type": prep["geometry_type"], "columns": described}
             if prep.get("mode") == "slices":
                 keys = ("blob_name", "container_name", "converter_params", "geometry_params")
                 source = {k: params[k] for k in keys} | {
@@ -281,6 +282,7 @@ class IngestVectorJob(JobBase):
         counts = _counts(prepared + [t.result_data for t in done])
         rows = counts["rows"]
         expected_rows = counts["source_features"] - sum(counts["features_dropped"].values())
+        out_of_range = sum(int(t.result_data.get("values_out_of_range", 0)) for t in done)
         return {
             "job_type": cls.job_type,
             "blob_name": params["blob_name"],
@@ -294,7 +296,7 @@ class IngestVectorJob(JobBase):
                 "chunks_uploaded": len(done),
                 "total_rows_uploaded": rows,
                 "success_rate": f"{(len(done) / total_chunks * 100) if total_chunks else 0.0:.1f}%",
-                "data_complete": len(done) == total_chunks and rows == expected_rows,
+                "data_complete": len(done) == total_chunks and rows == expected_rows and out_of_range == 0,
                 "source_features": counts["source_features"],
                 "features_dropped": counts["features_dropped"],
                 "features_dropped_total": sum(counts["features_dropped"].values()),
@@ -303,9 +305,10 @@ class IngestVectorJob(JobBase):
                 "geometry_stats": counts["geometry_stats"],
                 "columns": prep.get("columns"),
                 "source_crs": prep.get("source_crs"),
+                "encoding": prep.get("encoding"),
                 "chunk_size": prep.get("chunk_size"),
                 "read_in_place": prep.get("mode") == "slices",
-                "values_out_of_range": sum(int(t.result_data.get("values_out_of_range", 0)) for t in done),
+                "values_out_of_range": out_of_range,
             },
             "stac": {
                 "collection_id": stac.get("collection_id"),

@@ -59,6 +59,16 @@ class CsvParams(_WithCrs):
     lon_name: str | None = Field(None, min_length=1, description="Column holding longitude (x).")
     wkt_column: str | None = Field(None, min_length=1, description="Column holding WKT geometry.")
 
+    @field_validator("lat_name", "lon_name", "wkt_column")
+    @classmethod
+    def _no_comma(cls, v: str | None) -> str | None:
+        if v is not None and "," in v:
+            raise ValueError(
+                f"{v!r} holds a comma; GDAL reads this option as a comma-separated list of names, so it would "
+                "take other columns: rename the column in the file"
+            )
+        return v
+
     @model_validator(mode="after")
     def _one_geometry_source(self) -> CsvParams:
         has_xy = self.lat_name is not None or self.lon_name is not None

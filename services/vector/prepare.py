@@ -33,6 +33,7 @@ from services.vector.identifiers import GEOMETRY_COLUMN, REPAIR_COLUMN, ColumnNa
 from services.vector.progress import TaskProgress
 from services.vector.repair import RepairPolicy
 from services.vector.slices import plan_slices
+from services.vector.sniff import check_content
 from services.vector.source import (
     TEMP_PREFIX,
     LayerSource,
@@ -231,6 +232,7 @@ def _prepare_chunks(params: dict[str, Any], ctx: TaskContext, started: float) ->
         local = download(store, container, blob, ext, Path(tmp))
         if local.stat().st_size == 0:
             raise PermanentTaskError(f"file '{blob}' in container '{container}' is empty")
+        check_content(local, ext, blob)
         try:
             src = open_source(local, blob, ext, params.get("converter_params") or {}, settings.max_source_bytes)
             chunk_size = params.get("chunk_size") or auto_chunk_size(src.feature_count)
@@ -286,6 +288,7 @@ def _prepare_chunks(params: dict[str, Any], ctx: TaskContext, started: float) ->
         "geometry_families": sorted(stats.families),
         "columns": columns,
         "source_crs": reader.crs_seen,
+        "encoding": src.encoding_used,
         "layers": [layer.layer for layer in src.layers if layer.layer],
         "indexes": _resolve_indexes(params.get("indexes") or {}, reader.namer, columns, label),
         "seconds": round(time.monotonic() - started, 3),
