@@ -10,9 +10,11 @@ from services.vector.formats import FORMAT_NAMES
 
 # the content each file_extension must have (None: any text GDAL's driver accepts)
 _EXPECTED = {"csv": None, "geojson": "JSON", "json": "JSON", "gpkg": "SQLite", "kml": "XML", "kmz": "zip",
-             "shp": "Shapefile", "zip": "zip"}
+             "shp": "Shapefile", "zip": "zip", "parquet": "Parquet", "fgb": "FlatGeobuf", "geojsonl": "JSON",
+             "geojsons": "JSON", "gdb.zip": "zip", "gml": "XML", "gpx": "XML", "topojson": "JSON"}
 _NAMES = {"JSON": "JSON (GeoJSON)", "SQLite": "SQLite (GeoPackage)", "XML": "XML (KML, GML or GPX)",
-          "zip": "a zip archive", "Shapefile": "a Shapefile .shp"}
+          "zip": "a zip archive", "Shapefile": "a Shapefile .shp", "Parquet": "Parquet (GeoParquet)",
+          "FlatGeobuf": "FlatGeobuf"}
 
 
 def content_kind(head: bytes) -> str | None:
@@ -23,6 +25,10 @@ def content_kind(head: bytes) -> str | None:
         return "zip"
     if head[:4] == b"\x00\x00\x27\x0a":
         return "Shapefile"
+    if head.startswith(b"PAR1"):
+        return "Parquet"
+    if head.startswith(b"fgb\x03"):
+        return "FlatGeobuf"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n\x1e")
     if text[:1] in (b"{", b"["):
         return "JSON"
