@@ -58,8 +58,8 @@ _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _DECLARED_FAMILY = {
     "point": "point",
     "multipoint": "point",
-    "linestring": "linestring",
-    "multilinestring": "linestring",
+    "linestring": "line",
+    "multilinestring": "line",
     "polygon": "polygon",
     "multipolygon": "polygon",
 }
