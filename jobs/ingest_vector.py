@@ -1,9 +1,11 @@
 """ingest_vector: a vector file in blob storage -> one PostGIS table + its STAC item.
 
-Stage 1 (single)  prepare_chunks      stream the file, repair/reproject, write GeoParquet chunks;
-                                      a GeoPackage with a declared geometry type: only plan fid-range slices
-Stage 2 (fan-out) upload_chunks       table created once (setup_stage), then one COPY task per chunk
-                                      (a slice task reads its fid range in place and prepares it itself)
+Stage 1 (single)  prepare_chunks      plan: a GeoPackage with a declared geometry type -> fid-range slices
+                                      read in place; any other file is converted once into raw GeoParquet
+                                      chunks (reprojected, typed, promoted, invalid rows only marked)
+Stage 2 (fan-out) upload_chunks       table created once (setup_stage), then one task per part: it reads its
+                                      chunk or slice, repairs invalid geometries (geometry_params.invalid,
+                                      a time budget per feature) and COPYs, updating its progress as it goes
 Stage 3 (single)  create_stac_record  indexes, ANALYZE, STAC item in pgstac
 
 Policies (the user-visible decisions):
@@ -11,12 +13,16 @@ Policies (the user-visible decisions):
   MultiPolygon); points, lines and polygons mixed -> one generic geometry(Geometry, 4326) column, each
   feature still promoted to Multi* of its own family. A GeometryCollection of one family becomes that
   Multi*; one that mixes families fails the job, naming the feature.
-- Null/empty geometries are dropped and counted; invalid ones are repaired with make_valid, keeping
-  the parts of the feature's own family (so polygon areas are make_valid's); features that collapse
-  to nothing are dropped and counted. Row count = source features - reported drops.
+- Null/empty geometries are dropped and counted; invalid ones are repaired in stage 2 with
+  make_valid(method="structure") semantics, keeping the parts of the feature's own family; a feature
+  above 100k vertices is repaired part-wise in a child process killed after REPAIR_SECONDS_PER_FEATURE
+  (the job then fails naming it). geometry_params.invalid "keep" loads them as they are, "fail" fails
+  naming the first. Features that collapse to nothing are dropped and counted. Row count = source
+  features - reported drops.
 - A file without a CRS is taken as EPSG:4326 only when its coordinates fit; converter_params.crs
   (CSV, Shapefile) names or overrides the source CRS.
-- Column names: lowercase [a-z0-9_], collisions and the reserved `id`/`geom` get _2, _3...
+- Column names: lowercase letters of any script, digits and _ (ÉCOLE -> école; the source name is kept
+  in the result and the STAC item); collisions and the reserved `id`/`geom` get _2, _3...
   Timestamps without a zone are taken as UTC.
 - chunk_size absent: 1 chunk up to 25k features, ~8 chunks up to 800k, then 100k rows per chunk
   (and at most ~64 MB of geometry per chunk). A GeoPackage slice is chunk_size fids wide.
@@ -30,7 +36,9 @@ Policies (the user-visible decisions):
 - KML/KMZ without layer_name read every layer (folder). A 0-byte blob is refused at submit (400).
 - Broken input fails the job naming the file and the feature/column/member: CSV coordinates or WKT GDAL
   cannot parse ('north', 'nan', garbage WKT; empty cells are null geometries), curved geometries,
-  coordinates beyond 1e10, text or names that are not UTF-8 (Shapefile: converter_params.encoding),
+  coordinates beyond 1e10, text or names that are not UTF-8 (a Shapefile's encoding is GDAL's: .cpg, DBF
+  language driver, ISO-8859-1; converter_params.encoding overrides), GeoJSON integers beyond 64 bits,
+  JSON nested deeper than ~1000 levels, content of another format than file_extension,
   more than 1598 attribute columns, a truncated or mismatched .shp/.shx/.dbf, a zipped Shapefile without
   its .shx/.dbf, encrypted archive members, members over 100 MiB deflated more than 200:1 (zip bombs).
   GeoJSON geometry members GDAL cannot read (wrong types) are null geometries: dropped and counted.
