@@ -14,6 +14,7 @@ system when it ends, so one huge feature neither blocks a worker for an hour nor
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from core.errors import PermanentTaskError
 REPAIR, KEEP, FAIL = "repair", "keep", "fail"
 INVALID_POLICIES = (REPAIR, KEEP, FAIL)
 CHILD_MIN_VERTICES = 100_000
+# the project root, so that the child finds the services package whatever the worker's working directory
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INLINE_BATCH_VERTICES = 200_000  # vertices repaired per in-process call, between progress reports
 DEFAULT_SECONDS_PER_FEATURE = 300.0
 
@@ -56,6 +59,7 @@ def _child_repair(geom: shapely.Geometry, feature: int, label: str, budget: floa
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))},
     )
     try:
         out, _ = proc.communicate(shapely.to_wkb(geom), timeout=budget)
