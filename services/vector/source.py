@@ -36,7 +36,7 @@ TEMP_PREFIX = "geoetl-src-"  # the worker's download folder; its path never reac
 # (real vector data deflates 3-50:1; a run of one byte, the bomb's trick, about 1000:1).
 MAX_COMPRESSION_RATIO = 200
 RATIO_CHECK_BYTES = 100 * 1024**2
-_LOCAL_PATH = re.compile(r"(?:/vsizip/)?/\S*?" + TEMP_PREFIX + r"[^/\s]+/source\.[a-z]+")
+_LOCAL_PATH = re.compile(r"(?:/vsizip/)?/\S*?" + TEMP_PREFIX + r"[^/\s]+/source\.[a-z]+(?:\.zip)?")
 _IN_PLACE_PATH = re.compile(r"/vsiaz/[^\s'\"]+")  # a blob GDAL reads in place (slices.py)
 _GDAL_DRIVER_HINT = re.compile(r";? ?It might help to specify the correct driver explicitly.*$", re.S)
 
