@@ -7,7 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SUPPORTED_EXTENSIONS = ("csv", "geojson", "json", "gpkg", "kml", "kmz", "shp", "zip")
+SUPPORTED_EXTENSIONS = (
+    "csv", "geojson", "json", "gpkg", "kml", "kmz", "shp", "zip",
+    "parquet", "fgb", "geojsonl", "geojsons", "gdb.zip", "gml", "gpx", "topojson",
+)
 
 # What GDAL calls each format, for messages.
 FORMAT_NAMES = {
@@ -19,6 +22,14 @@ FORMAT_NAMES = {
     "kmz": "KMZ",
     "shp": "Shapefile",
     "zip": "zipped Shapefile",
+    "parquet": "GeoParquet",
+    "fgb": "FlatGeobuf",
+    "geojsonl": "GeoJSON sequence",
+    "geojsons": "GeoJSON sequence",
+    "gdb.zip": "zipped File Geodatabase",
+    "gml": "GML",
+    "gpx": "GPX",
+    "topojson": "TopoJSON",
 }
 
 
@@ -58,6 +69,16 @@ class CsvParams(_WithCrs):
     lat_name: str | None = Field(None, min_length=1, description="Column holding latitude (y).")
     lon_name: str | None = Field(None, min_length=1, description="Column holding longitude (x).")
     wkt_column: str | None = Field(None, min_length=1, description="Column holding WKT geometry.")
+
+    @field_validator("lat_name", "lon_name", "wkt_column")
+    @classmethod
+    def _no_comma(cls, v: str | None) -> str | None:
+        if v is not None and "," in v:
+            raise ValueError(
+                f"{v!r} holds a comma; GDAL reads this option as a comma-separated list of names, so it would "
+                "take other columns: rename the column in the file"
+            )
+        return v
 
     @model_validator(mode="after")
     def _one_geometry_source(self) -> CsvParams:
@@ -99,6 +120,10 @@ class ShpParams(_WithCrs):
         return v
 
 
+class LayeredParams(_WithCrs):
+    layer_name: str | None = Field(None, min_length=1, description="Layer to read (required when several).")
+
+
 class ZipParams(ShpParams):
     shp_name: str | None = Field(None, min_length=1, description="Shapefile inside the zip (when several).")
 
@@ -112,6 +137,14 @@ CONVERTER_PARAMS: dict[str, type[_Params]] = {
     "kmz": KmzParams,
     "shp": ShpParams,
     "zip": ZipParams,
+    "parquet": GeoJsonParams,
+    "fgb": GeoJsonParams,
+    "geojsonl": GeoJsonParams,
+    "geojsons": GeoJsonParams,
+    "gdb.zip": LayeredParams,
+    "gml": LayeredParams,
+    "gpx": LayeredParams,
+    "topojson": LayeredParams,
 }
 
 

@@ -25,7 +25,7 @@ import shapely
 from core.errors import PermanentTaskError
 from infrastructure.blob import BlobStore
 from services.vector.formats import FORMAT_NAMES
-from services.vector.geojson_stream import SequenceInfo, to_sequence
+from services.vector.geojson_stream import IntegerOutOfRange, SequenceInfo, to_sequence
 
 # What GDAL raises for unreadable data (pyogrio's errors are RuntimeErrors).
 GDAL_ERRORS = (RuntimeError, OSError, ValueError)
@@ -36,7 +36,7 @@ TEMP_PREFIX = "geoetl-src-"  # the worker's download folder; its path never reac
 # (real vector data deflates 3-50:1; a run of one byte, the bomb's trick, about 1000:1).
 MAX_COMPRESSION_RATIO = 200
 RATIO_CHECK_BYTES = 100 * 1024**2
-_LOCAL_PATH = re.compile(r"(?:/vsizip/)?/\S*?" + TEMP_PREFIX + r"[^/\s]+/source\.[a-z]+")
+_LOCAL_PATH = re.compile(r"(?:/vsizip/)?/\S*?" + TEMP_PREFIX + r"[^/\s]+/source\.[a-z]+(?:\.zip)?")
 _IN_PLACE_PATH = re.compile(r"/vsiaz/[^\s'\"]+")  # a blob GDAL reads in place (slices.py)
 _GDAL_DRIVER_HINT = re.compile(r";? ?It might help to specify the correct driver explicitly.*$", re.S)
 
@@ -61,6 +61,7 @@ class Source:
     encoding: str | None = None
     crs: str | None = None  # converter_params.crs: wins over what the file declares
     feature_count: int = -1  # -1 when GDAL cannot tell without reading everything
+    encoding_used: str | None = None  # the DBF encoding text was decoded from (job result)
 
 
 def shapefile_stem(blob_name: str) -> str:
@@ -268,6 +269,64 @@ def gpkg_layers(path: str, blob_name: str, layer_name: str | None) -> list[Layer
     )
 
 
+def _one_layer(path: str, blob_name: str, layer_name: str | None, kind: str) -> list[LayerSource]:
+    """The named layer, or the only layer with geometries (TopoJSON objects, GML feature types, FileGDB)."""
+    layers = _layers_of(path, blob_name)
+    names = [n for n, _ in layers]
+    spatial = [n for n, t in layers if t is not None]
+    chosen = layer_name or (spatial[0] if len(spatial) == 1 else None)
+    if layer_name and layer_name not in names:
+        raise PermanentTaskError(
+            f"converter_params.layer_name '{layer_name}' is not a layer of '{blob_name}'; "
+            f"its layers are: {', '.join(names) or 'none'}"
+        )
+    if chosen is None:
+        if not spatial:
+            raise PermanentTaskError(f"{kind} '{blob_name}' has no layer with geometries")
+        raise PermanentTaskError(
+            f"{kind} '{blob_name}' has {len(spatial)} layers ({', '.join(spatial)}); "
+            "choose one with converter_params.layer_name"
+        )
+    return [LayerSource(path, chosen, f"{kind} '{blob_name}' layer '{chosen}'")]
+
+
+GPX_LAYERS = ("waypoints", "routes", "tracks")  # route_points and track_points repeat the routes' and tracks' points
+
+
+def _gpx_layers(path: str, blob_name: str, layer_name: str | None) -> list[LayerSource]:
+    """A GPX's waypoints, routes and tracks (those it has), or the one layer named."""
+    if layer_name:
+        return _one_layer(path, blob_name, layer_name, "GPX")
+    found = []
+    for name in GPX_LAYERS:
+        try:
+            count = int(pyogrio.read_info(path, layer=name)["features"])
+        except GDAL_ERRORS:
+            continue
+        if count:
+            found.append(LayerSource(path, name, f"GPX '{blob_name}' layer '{name}'"))
+    if not found:
+        raise PermanentTaskError(f"GPX '{blob_name}' has no waypoints, routes or tracks")
+    return found
+
+
+def _zip_within_limits(local: Path, blob_name: str, limit: int) -> None:
+    """A zipped File Geodatabase: every member is read, so all of them count against the limits."""
+    members = _zip_members(local, blob_name)
+    total = sum(m.file_size for m in members)
+    if total > limit:
+        raise PermanentTaskError(f"'{blob_name}' inflates to {total} bytes, more than the limit of {limit} bytes")
+    for m in members:
+        ratio = m.file_size / max(m.compress_size, 1)
+        if m.flag_bits & 0x1:
+            raise PermanentTaskError(f"'{m.filename}' in '{blob_name}' is encrypted; upload it without a password")
+        if m.file_size > RATIO_CHECK_BYTES and ratio > MAX_COMPRESSION_RATIO:
+            raise PermanentTaskError(
+                f"'{m.filename}' in '{blob_name}' inflates from {m.compress_size} to {m.file_size} bytes "
+                f"(more than {MAX_COMPRESSION_RATIO}:1 is refused as a likely zip bomb)"
+            )
+
+
 def _kml_layers(path: str, blob_name: str, layer_name: str | None) -> list[LayerSource]:
     names = [n for n, _ in _layers_of(path, blob_name)]
     if layer_name:
@@ -303,7 +362,7 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
     kind = FORMAT_NAMES[ext]
     path = str(local)
     if ext in ("geojson", "json"):
-        streamed = _as_sequence(local)
+        streamed = _as_sequence(local, blob_name)
         if streamed is not None:
             sequence, info = streamed
             if info.features == 0:
@@ -315,6 +374,10 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
         src.layers = [LayerSource(path, None, f"{kind} '{blob_name}'")]
     elif ext == "shp":
         src.layers = [LayerSource(path, None, f"{kind} '{blob_name}'")]
+        cpg = local.with_suffix(".cpg")
+        with open(local.with_suffix(".dbf"), "rb") as f:
+            dbf_head = f.read(32)
+        _shapefile_encoding(src, cpg.read_bytes() if cpg.exists() else None, dbf_head)
     elif ext == "csv":
         src.open_options = _csv_options(local, blob_name, conv)
         src.layers = [LayerSource(path, None, f"CSV '{blob_name}'")]
@@ -335,13 +398,122 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
         _check_zipped_shapefile(local, members, member, blob_name)
         inner = f"/vsizip/{local}/{member.filename}"
         src.layers = [LayerSource(inner, None, f"Shapefile '{member.filename}' in '{blob_name}'")]
+        _shapefile_encoding(src, *_zipped_sidecars(local, members, member))
+    elif ext in ("fgb", "geojsonl", "geojsons"):
+        src.layers = [LayerSource(path, None, f"{kind} '{blob_name}'")]
+    elif ext == "parquet":
+        src.layers = [LayerSource(path, None, f"{kind} '{blob_name}'")]
+        src.feature_count = geoparquet_rows(local, blob_name)
+        return src
+    elif ext in ("gml", "topojson"):
+        src.layers = _one_layer(path, blob_name, conv.get("layer_name"), kind)
+    elif ext == "gdb.zip":
+        _zip_within_limits(local, blob_name, max_inflated)
+        src.layers = _one_layer(path, blob_name, conv.get("layer_name"), "File Geodatabase")
+    elif ext == "gpx":
+        src.layers = _gpx_layers(path, blob_name, conv.get("layer_name"))
     else:
         raise PermanentTaskError(f"unsupported file_extension '{ext}'")
     src.feature_count = _count(src)
     return src
 
 
-def _as_sequence(local: Path) -> tuple[Path, SequenceInfo] | None:
+def _zipped_sidecars(local: Path, members: list[zipfile.ZipInfo], shp: zipfile.ZipInfo) -> tuple[bytes | None, bytes]:
+    """The zipped Shapefile's .cpg (None when absent) and the head of its .dbf."""
+    stem = shp.filename.rsplit(".", 1)[0]
+    cpg, dbf = None, b""
+    with zipfile.ZipFile(local) as zf:
+        for m in members:
+            if m.filename.rsplit(".", 1)[0] != stem:
+                continue
+            if m.filename.lower().endswith(".cpg") and m.file_size < 1024:
+                cpg = zf.read(m)
+            elif m.filename.lower().endswith(".dbf"):
+                with zf.open(m) as f:
+                    dbf = f.read(32)
+    return cpg, dbf
+
+
+# DBF language-driver ids (byte 29) and their code pages, as GDAL's Shapefile driver maps them (common ones)
+_LDID_CODE_PAGES = {
+    0x01: "CP437", 0x02: "CP850", 0x03: "CP1252", 0x04: "MacRoman", 0x08: "CP865", 0x09: "CP437", 0x0A: "CP850",
+    0x0B: "CP437", 0x0D: "CP437", 0x0E: "CP850", 0x0F: "CP437", 0x10: "CP850", 0x11: "CP437", 0x12: "CP850",
+    0x13: "CP932", 0x14: "CP850", 0x15: "CP437", 0x16: "CP850", 0x17: "CP865", 0x18: "CP437", 0x19: "CP437",
+    0x1A: "CP850", 0x1B: "CP437", 0x1C: "CP863", 0x1D: "CP850", 0x1F: "CP852", 0x22: "CP852", 0x23: "CP852",
+    0x24: "CP860", 0x25: "CP850", 0x26: "CP866", 0x37: "CP850", 0x40: "CP852", 0x4D: "CP936", 0x4E: "CP949",
+    0x4F: "CP950", 0x50: "CP874", 0x57: "ISO-8859-1", 0x58: "CP1252", 0x59: "CP1252", 0x64: "CP852",
+    0x65: "CP866", 0x66: "CP865", 0x67: "CP861", 0x6A: "CP737", 0x6B: "CP857", 0x6C: "CP863", 0x78: "CP950",
+    0x79: "CP949", 0x7A: "CP936", 0x7B: "CP932", 0x7C: "CP874", 0x86: "CP737", 0x87: "CP852", 0x88: "CP857",
+    0xC8: "CP1250", 0xC9: "CP1251", 0xCA: "CP1254", 0xCB: "CP1253", 0xCC: "CP1257",
+}
+
+
+def _shapefile_encoding(src: Source, cpg: bytes | None, dbf_head: bytes) -> None:
+    """The DBF's encoding as GDAL decides it: converter_params.encoding, else the .cpg, else the DBF's
+    language-driver byte, else ISO-8859-1. GDAL recodes to UTF-8 itself when it reports UTF-8 (a .cpg it
+    understood); otherwise (no .cpg: GDAL reports the language driver's code page or ISO-8859-1) pyogrio's
+    Arrow stream hands over the raw bytes, so the encoding is passed on explicitly."""
+    if src.encoding:
+        src.encoding_used = src.encoding
+        return
+    layer = src.layers[0]
+    try:
+        decided = str(pyogrio.read_info(layer.path, layer=layer.layer)["encoding"] or "ISO-8859-1")
+    except GDAL_ERRORS:
+        return  # reading the file says what is wrong with it
+    if decided.upper().replace("-", "") == "UTF8":  # GDAL recodes: from the .cpg, or the language driver
+        declared = (cpg or b"").decode("ascii", "replace").strip()
+        ldid = dbf_head[29] if len(dbf_head) > 29 else 0
+        if declared:
+            src.encoding_used = f"{declared} (.cpg)"
+        elif ldid:
+            src.encoding_used = f"{_LDID_CODE_PAGES.get(ldid, f'LDID {ldid:#04x}')} (DBF language driver)"
+        else:
+            src.encoding_used = "UTF-8"
+        return
+    src.encoding = decided
+    src.encoding_used = decided
+
+
+MAX_JSON_DEPTH_HINT = "nested JSON (deeper than Python's recursion limit, about 1000 levels)"
+
+
+def geoparquet_rows(local: Path, blob_name: str) -> int:
+    """Rows of a GeoParquet file, after checking it is one (GDAL's wheel has no Parquet driver: pyarrow reads it)."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(local).metadata
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise PermanentTaskError(f"'{blob_name}' is not a readable Parquet file ({exc})") from None
+    geoparquet_geometry(pq.read_schema(local), blob_name)
+    return int(meta.num_rows)
+
+
+def geoparquet_geometry(schema: pa.Schema, blob_name: str) -> tuple[str, str | None]:
+    """(geometry column, CRS as PROJJSON text or None) from a GeoParquet file's `geo` metadata."""
+    import json
+
+    raw = (schema.metadata or {}).get(b"geo")
+    if raw is None:
+        raise PermanentTaskError(f"'{blob_name}' is a Parquet file without GeoParquet 'geo' metadata")
+    try:
+        geo = json.loads(raw)
+        column = str(geo["primary_column"])
+        spec = geo["columns"][column]
+    except (ValueError, KeyError, TypeError):
+        raise PermanentTaskError(f"'{blob_name}' has GeoParquet 'geo' metadata that cannot be read") from None
+    if str(spec.get("encoding", "WKB")).upper() != "WKB":
+        raise PermanentTaskError(
+            f"'{blob_name}' stores geometries as {spec.get('encoding')}; only WKB-encoded GeoParquet is read"
+        )
+    if column not in schema.names:
+        raise PermanentTaskError(f"'{blob_name}': its primary geometry column '{column}' is not in the file")
+    crs = spec.get("crs", "OGC:CRS84")  # absent means OGC:CRS84 (GeoParquet 1.x); null means unknown
+    return column, None if crs is None else (crs if isinstance(crs, str) else json.dumps(crs))
+
+
+def _as_sequence(local: Path, blob_name: str) -> tuple[Path, SequenceInfo] | None:
     """A FeatureCollection rewritten as a GeoJSON text sequence, which GDAL streams; None when the
     document is something else (a single Feature, malformed JSON): GDAL then reads it, and says why not."""
     sequence = local.with_name(local.name + ".geojsons")
@@ -350,6 +522,14 @@ def _as_sequence(local: Path) -> tuple[Path, SequenceInfo] | None:
     except (ValueError, UnicodeDecodeError):  # NotAFeatureCollection and JSON errors are ValueErrors
         sequence.unlink(missing_ok=True)
         return None
+    except RecursionError:
+        sequence.unlink(missing_ok=True)
+        raise PermanentTaskError(
+            f"GeoJSON '{blob_name}' holds {MAX_JSON_DEPTH_HINT}; no geometry or property is nested that deep"
+        ) from None
+    except IntegerOutOfRange as exc:
+        sequence.unlink(missing_ok=True)
+        raise PermanentTaskError(f"GeoJSON '{blob_name}': {exc}") from None
 
 
 def _count(src: Source) -> int:
