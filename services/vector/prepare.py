@@ -70,7 +70,7 @@ class SourceReader:
         try:
             if layer.where:
                 kwargs["where"] = layer.where
-            with pyogrio.open_arrow(
+            with (layer.opener or pyogrio.open_arrow)(
                 layer.path, layer=layer.layer, batch_size=GDAL_BATCH_ROWS, use_pyarrow=True, **kwargs
             ) as (meta, reader):
                 reprojector = Reprojector(self.src.crs or meta.get("crs"), layer.label)

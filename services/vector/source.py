@@ -36,7 +36,7 @@ TEMP_PREFIX = "geoetl-src-"  # the worker's download folder; its path never reac
 # (real vector data deflates 3-50:1; a run of one byte, the bomb's trick, about 1000:1).
 MAX_COMPRESSION_RATIO = 200
 RATIO_CHECK_BYTES = 100 * 1024**2
-_LOCAL_PATH = re.compile(r"(?:/vsizip/)?/\S*?" + TEMP_PREFIX + r"[^/\s]+/source\.[a-z]+")
+_LOCAL_PATH = re.compile(r"(?:/vsizip/)?/\S*?" + TEMP_PREFIX + r"[^/\s]+/source\.[a-z]+(?:\.zip)?")
 _IN_PLACE_PATH = re.compile(r"/vsiaz/[^\s'\"]+")  # a blob GDAL reads in place (slices.py)
 _GDAL_DRIVER_HINT = re.compile(r";? ?It might help to specify the correct driver explicitly.*$", re.S)
 
@@ -50,6 +50,7 @@ class LayerSource:
     label: str  # how messages name it
     where: str | None = None  # attribute filter (a GeoPackage slice's fid range)
     offset: int = 0  # features before this slice: keeps feature numbers in messages file-wide
+    opener: Any = None  # reads the layer instead of pyogrio.open_arrow (GeoParquet: geoparquet.opener)
 
 
 @dataclass
@@ -221,10 +222,15 @@ def _check_uncompressed(members: list[zipfile.ZipInfo], chosen: zipfile.ZipInfo,
     limit, nor, when big, by a ratio no real data reaches."""
     stem = chosen.filename.rsplit(".", 1)[0]
     read = [m for m in members if m.filename.rsplit(".", 1)[0] == stem]
+    _check_members(read, chosen.filename, blob_name, limit)
+
+
+def _check_members(read: list[zipfile.ZipInfo], name: str, blob_name: str, limit: int) -> None:
+    """The zip guards on the members GDAL will read as `name`."""
     total = sum(m.file_size for m in read)
     if total > limit:
         raise PermanentTaskError(
-            f"'{chosen.filename}' in '{blob_name}' inflates to {total} bytes, more than the limit of {limit} bytes"
+            f"'{name}' in '{blob_name}' inflates to {total} bytes, more than the limit of {limit} bytes"
         )
     for m in read:
         if m.flag_bits & 0x1:
@@ -335,10 +341,20 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
         _check_zipped_shapefile(local, members, member, blob_name)
         inner = f"/vsizip/{local}/{member.filename}"
         src.layers = [LayerSource(inner, None, f"Shapefile '{member.filename}' in '{blob_name}'")]
+    elif ext in _other_formats():
+        from services.vector.gdal_formats import open_other
+
+        return open_other(local, blob_name, ext, conv, max_inflated, src)
     else:
         raise PermanentTaskError(f"unsupported file_extension '{ext}'")
     src.feature_count = _count(src)
     return src
+
+
+def _other_formats() -> tuple[str, ...]:
+    from services.vector.gdal_formats import EXTENSIONS
+
+    return EXTENSIONS
 
 
 def _as_sequence(local: Path) -> tuple[Path, SequenceInfo] | None:
