@@ -137,7 +137,8 @@ def test_file_geodatabase_zip_guards(db, drain, nonce, tmp_path):
     blob = vf.upload(f"{nonce}/escape.gdb.zip", vf.zip_of({"../evil.gdb/a00000001.gdbtable": b"x"}))
     job = vf.run_ingest(drain, db, params(blob, "gdb.zip", f"gdbe_{nonce}"))
     assert job["status"] == "failed"
-    assert "contains no .gdb folder" in job["error_details"]["error"]  # the ../ member is never considered
+    assert "../evil.gdb/a00000001.gdbtable" in job["error_details"]["error"]
+    assert "'..' are refused" in job["error_details"]["error"] and "escape.gdb.zip" in job["error_details"]["error"]
     blob = vf.upload(f"{nonce}/plain.gdb.zip", vf.zip_of({"x.geojson": vf.geojson([(vf.squares(1)[0], {})])}))
     job = vf.run_ingest(drain, db, params(blob, "gdb.zip", f"gdbn_{nonce}"))
     assert job["status"] == "failed" and "no .gdb folder" in job["error_details"]["error"]
@@ -286,3 +287,43 @@ def test_converter_params_checked_at_submit(ext, converter_params, message):
             "indexes": {"attributes": [], "temporal": []},
         })
     assert message in str(exc.value)
+
+
+def test_geoparquet_covering_bbox_is_not_an_attribute_and_geoarrow_is_refused(db, drain, nonce, tmp_path):
+    df = countries().head(12)
+    path = tmp_path / "covered.parquet"
+    df.to_parquet(path, write_covering_bbox=True)
+    assert "bbox" in pq.ParquetFile(path).schema_arrow.names
+    blob = vf.upload(f"{nonce}/covered.parquet", path)
+    loaded(vf.run_ingest(drain, db, params(blob, "parquet", f"pqc_{nonce}")))
+    assert "bbox" not in vf.columns_of(db, "geo", f"pqc_{nonce}")
+    assert_same_values(db, f"pqc_{nonce}", df)
+
+    native = tmp_path / "native.parquet"
+    df.to_parquet(native, geometry_encoding="geoarrow")
+    blob = vf.upload(f"{nonce}/native.parquet", native)
+    job = vf.run_ingest(drain, db, params(blob, "parquet", f"pqn_{nonce}"))
+    assert job["status"] == "failed"
+    assert "only WKB is read" in job["error_details"]["error"] and "native.parquet" in job["error_details"]["error"]
+
+
+@pytest.mark.parametrize("ext", ["parquet", "fgb"])
+def test_crs_override_for_a_file_that_declares_none(db, drain, nonce, tmp_path, ext):
+    """Web Mercator coordinates in a file without a CRS: converter_params.crs says what they are."""
+    df = countries().head(15)
+    merc = df.to_crs(3857).set_crs(None, allow_override=True)
+    path = tmp_path / f"nocrs.{ext}"
+    if ext == "parquet":
+        merc.to_parquet(path)
+    else:
+        pyogrio.write_dataframe(merc, path, driver="FlatGeobuf")
+    blob = vf.upload(f"{nonce}/nocrs.{ext}", path)
+    job = vf.run_ingest(drain, db, params(blob, ext, f"nocrs_{ext}_{nonce}"))
+    assert job["status"] == "failed"  # metres do not fit in degrees: not silently taken as EPSG:4326
+    job = vf.run_ingest(drain, db, params(blob, ext, f"crs_{ext}_{nonce}", converter_params={"crs": "EPSG:3857"}))
+    loaded(job)
+    assert_same_values(db, f"crs_{ext}_{nonce}", df)
+    row = db.execute(f"SELECT ST_XMin(e) x0, ST_YMin(e) y0 FROM (SELECT ST_Extent(geom) e FROM geo.crs_{ext}_{nonce}) s"
+                     ).fetchone()
+    bounds = df.total_bounds
+    assert row["x0"] == pytest.approx(bounds[0], abs=1e-6) and row["y0"] == pytest.approx(bounds[1], abs=1e-6)

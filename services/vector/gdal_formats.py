@@ -22,6 +22,7 @@ from services.vector.source import (
     LayerSource,
     Source,
     _check_members,
+    _safe_member,
     _zip_members,
     scrub,
 )
@@ -163,6 +164,13 @@ def _gdb_in_zip(local: Path, blob_name: str, wanted: str | None, max_inflated: i
     """The .gdb folder inside the zip that GDAL reads through /vsizip/, after the zip guards (member
     names, encryption, inflated size) on every member of that folder."""
     members = _zip_members(local, blob_name)
+    with zipfile.ZipFile(local) as zf:
+        unsafe = [n for n in zf.namelist() if not _safe_member(n) and ".gdb" in n.lower()]
+    if unsafe:
+        raise PermanentTaskError(
+            f"'{blob_name}' has members outside the archive's folder ({', '.join(unsafe[:3])}): "
+            "absolute paths and '..' are refused"
+        )
     folders: dict[str, list[zipfile.ZipInfo]] = {}
     for m in members:
         parts = m.filename.split("/")
