@@ -50,6 +50,10 @@ def assert_same_values(db, table: str, expected, key: str = "name", columns=ATTR
                 assert row[col] == want, col
     g = vf.geometry_checks(db, "geo", table)
     assert g["invalid"] == 0 and g["srids"] == [4326] and not g["has_z"]
+    extent = db.execute(f"SELECT ST_XMin(e) x0, ST_YMin(e) y0, ST_XMax(e) x1, ST_YMax(e) y1"
+                        f" FROM (SELECT ST_Extent(geom) e FROM geo.{table}) s").fetchone()  # no axis swap
+    want = expected.to_crs(4326).total_bounds if expected.crs else expected.total_bounds
+    assert [extent[k] for k in ("x0", "y0", "x1", "y1")] == pytest.approx(list(want), abs=1e-6)
 
 
 def loaded(job) -> dict[str, Any]:
