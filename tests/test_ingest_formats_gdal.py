@@ -279,17 +279,15 @@ def test_plain_parquet_without_geo_metadata_fails(db, drain, nonce, tmp_path):
     ("fgb", {"layer_name": "x"}, "'converter_params.layer_name' is not a converter parameter of fgb files"),
     ("parquet", {"crs": "EPSG:999999"}, "is not a coordinate reference system"),
     ("gdb.zip", {"crs": 4326}, "'converter_params.crs' is not a converter parameter of gdb.zip files"),
+    ("topojson", {"encoding": "latin1"}, "(allowed: crs, layer_name)"),
 ])
-def test_converter_params_checked_at_submit(ext, converter_params, message):
+def test_converter_params_checked_at_submit(nonce, ext, converter_params, message):
     from core.errors import JobValidationError
-    from jobs.ingest_vector import IngestVectorJob
+    from core.submit import submit_job
 
+    blob = vf.upload(f"{nonce}/any.{ext}", b"not read at submit")
     with pytest.raises(JobValidationError) as exc:
-        IngestVectorJob.check_parameters({
-            "blob_name": f"x.{ext}", "file_extension": ext, "table_name": "t", "schema": "geo",
-            "container_name": "rmhazuregeobronze", "converter_params": converter_params,
-            "indexes": {"attributes": [], "temporal": []},
-        })
+        submit_job("ingest_vector", params(blob, ext, f"t_{nonce}", converter_params=converter_params))
     assert message in str(exc.value)
 
 
