@@ -329,3 +329,36 @@ def test_crs_override_for_a_file_that_declares_none(db, drain, nonce, tmp_path, 
                      ).fetchone()
     bounds = df.total_bounds
     assert row["x0"] == pytest.approx(bounds[0], abs=1e-6) and row["y0"] == pytest.approx(bounds[1], abs=1e-6)
+
+
+def test_geoparquet_arrow_types(db, drain, nonce, tmp_path):
+    """Arrow types GDAL never hands over (large strings, dictionaries, zoned timestamps, dates) load as their
+    PostgreSQL counterparts, values unchanged."""
+    from datetime import UTC, date, datetime
+
+    import geopandas as gpd
+
+    df = countries().head(6)
+    geo_only = tmp_path / "geo_only.parquet"
+    gpd.GeoDataFrame({"geometry": df.geometry}, crs=4326).to_parquet(geo_only)
+    base = pq.read_table(geo_only)
+    table = base.append_column("label", pa.array([f"c{i}" for i in range(6)], pa.large_string()))
+    table = table.append_column("kind", pa.array(["a", "b", "a", None, "b", "a"]).dictionary_encode())
+    stamps = [datetime(2024, 1, i + 1, 12, 30, tzinfo=UTC) for i in range(6)]
+    table = table.append_column("seen", pa.array(stamps, pa.timestamp("us", tz="UTC")))
+    table = table.append_column("day", pa.array([date(2020, 2, i + 1) for i in range(6)], pa.date32()))
+    table = table.append_column("flag", pa.array([True, False, None, True, False, True]))
+    table = table.append_column("big", pa.array([2**40 + i for i in range(6)], pa.int64()))
+    path = tmp_path / "types.parquet"
+    pq.write_table(table.replace_schema_metadata({b"geo": base.schema.metadata[b"geo"]}), path)
+    blob = vf.upload(f"{nonce}/types.parquet", path)
+    loaded(vf.run_ingest(drain, db, params(blob, "parquet", f"pqt_{nonce}")))
+    cols = vf.columns_of(db, "geo", f"pqt_{nonce}")
+    assert cols["label"] == "text" and cols["kind"] == "text" and cols["seen"] == "timestamp with time zone"
+    assert cols["day"] == "date" and cols["flag"] == "boolean" and cols["big"] == "bigint"
+    rows = db.execute(f"SELECT label, kind, seen, day, flag, big FROM geo.pqt_{nonce} ORDER BY label").fetchall()
+    assert [r["kind"] for r in rows] == ["a", "b", "a", None, "b", "a"]
+    assert [r["seen"] for r in rows] == stamps
+    assert [r["day"] for r in rows] == [date(2020, 2, i + 1) for i in range(6)]
+    assert [r["flag"] for r in rows] == [True, False, None, True, False, True]
+    assert [r["big"] for r in rows] == [2**40 + i for i in range(6)]
