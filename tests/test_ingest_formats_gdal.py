@@ -205,8 +205,17 @@ def test_gpx_layers(db, drain, nonce, tmp_path):
 
 
 def _topojson(df, object_name: str = "countries") -> bytes:
+    return _topology({object_name: df})
+
+
+def _topology(objects: dict[str, Any]) -> bytes:
     """A TopoJSON topology without quantization: every ring its own arc."""
     arcs: list[list[list[float]]] = []
+    out = {name: _topo_object(frame, arcs) for name, frame in objects.items()}
+    return json.dumps({"type": "Topology", "objects": out, "arcs": arcs}).encode()
+
+
+def _topo_object(df, arcs: list[list[list[float]]]) -> dict[str, Any]:
     geometries = []
 
     def ring(coords) -> list[int]:
@@ -221,9 +230,24 @@ def _topojson(df, object_name: str = "countries") -> bytes:
             "arcs": [[ring(r) for r in polygon] for polygon in polygons],
             "properties": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()},
         })
-    return json.dumps({"type": "Topology", "objects": {object_name: {"type": "GeometryCollection",
-                                                                     "geometries": geometries}},
-                       "arcs": arcs}).encode()
+    return {"type": "GeometryCollection", "geometries": geometries}
+
+
+def test_topojson_objects_are_layers(db, drain, nonce, tmp_path):
+    df = countries()
+    africa, europe = df[df.continent == "Africa"], df[df.continent == "Europe"]
+    path = tmp_path / "two.topojson"
+    path.write_bytes(_topology({"africa": africa, "europe": europe}))
+    blob = vf.upload(f"{nonce}/two.topojson", path)
+    failed = vf.run_ingest(drain, db, params(blob, "topojson", f"topof_{nonce}"))
+    assert failed["status"] == "failed"
+    err = failed["error_details"]["error"]
+    assert "africa" in err and "europe" in err and "layer_name" in err and "two.topojson" in err
+    loaded(vf.run_ingest(drain, db, params(blob, "topojson", f"topoe_{nonce}",
+                                           converter_params={"layer_name": "europe"})))
+    expected = pyogrio.read_dataframe(path, layer="europe")
+    assert len(expected) == len(europe) > 30
+    assert_same_values(db, f"topoe_{nonce}", expected)
 
 
 def test_topojson(db, drain, nonce, tmp_path):
