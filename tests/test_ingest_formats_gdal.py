@@ -147,6 +147,11 @@ def test_file_geodatabase_zip_guards(db, drain, nonce, tmp_path):
     job = vf.run_ingest(drain, db, params(blob, "gdb.zip", f"gdbn_{nonce}"))
     assert job["status"] == "failed" and "no .gdb folder" in job["error_details"]["error"]
     assert "plain.gdb.zip" in job["error_details"]["error"]
+    blob = vf.upload(f"{nonce}/fake.gdb.zip", vf.zip_of({"x.gdb/a.geojson": vf.geojson([(vf.squares(1)[0], {})])}))
+    job = vf.run_ingest(drain, db, params(blob, "gdb.zip", f"gdbf_{nonce}"))
+    assert job["status"] == "failed"
+    assert f"'{nonce}/fake.gdb.zip:x.gdb'" in job["error_details"]["error"]
+    assert "not recognized" in job["error_details"]["error"] and "geoetl-src" not in job["error_details"]["error"]
     get_settings.cache_clear()
     os.environ["MAX_SOURCE_BYTES"] = str(len(content) + 10)
     try:

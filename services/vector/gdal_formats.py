@@ -68,7 +68,7 @@ def open_other(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max_
         path, label = str(local), blob_name
         if geoparquet.is_parquet(local):  # GDAL here has no Parquet driver: it could not say what the file is
             _refuse(path, None, label, ext)
-    layers = _layers(path, label)
+    layers = _layers(path, label, blob_name)
     _check_driver(path, layers[0][0] if layers else None, label, ext)
     names = [n for n, _ in layers]
     spatial = [n for n, t in layers if t is not None]
@@ -105,11 +105,11 @@ def _open_parquet(local: Path, blob_name: str, src: Source) -> Source:
     return src
 
 
-def _layers(path: str, label: str) -> list[tuple[str, str | None]]:
+def _layers(path: str, label: str, blob_name: str) -> list[tuple[str, str | None]]:
     try:
         return [(str(n), None if t is None else str(t)) for n, t in pyogrio.list_layers(path)]
     except GDAL_ERRORS as exc:
-        raise PermanentTaskError(f"could not open '{label}': {scrub(str(exc), label)}") from None
+        raise PermanentTaskError(f"could not open '{label}': {scrub(str(exc), blob_name)}") from None
 
 
 def _driver(path: str, layer: str | None) -> str | None:
