@@ -36,6 +36,11 @@ Policies (the user-visible decisions):
 - Exactly-once load: each chunk's COPY runs in the transaction that completes its task; a duplicate
   delivery is rolled back by the CoreMachine, a killed worker's COPY never commits.
 - KML/KMZ without layer_name read every layer (folder). A 0-byte blob is refused at submit (400).
+- GeoParquet (WKB, read with pyarrow: pyogrio's wheel has no Parquet driver), FlatGeobuf, GeoJSON sequences,
+  GML, GPX, TopoJSON and a zipped File Geodatabase (GDAL through /vsizip/, zip guards as for Shapefiles)
+  stream through stage 1; the GDAL driver that opens the file must be the extension's (the job fails naming
+  both). Several layers need converter_params.layer_name; a GPX without it reads the one of waypoints,
+  routes and tracks that holds features (services/vector/gdal_formats.py).
 - Broken input fails the job naming the file and the feature/column/member: CSV coordinates or WKT GDAL
   cannot parse ('north', 'nan', garbage WKT; empty cells are null geometries), curved geometries,
   coordinates beyond 1e10, text or names that are not UTF-8 (a Shapefile's encoding is GDAL's: .cpg, DBF

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import codecs
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -120,12 +120,31 @@ class ShpParams(_WithCrs):
         return v
 
 
-class LayeredParams(_WithCrs):
+class ZipParams(ShpParams):
+    shp_name: str | None = Field(None, min_length=1, description="Shapefile inside the zip (when several).")
+
+
+class CrsParams(_WithCrs):
+    """Formats with one layer whose declared CRS a user may need to override (GeoParquet, FlatGeobuf,
+    GeoJSON sequences)."""
+
+
+class LayeredCrsParams(_WithCrs):
     layer_name: str | None = Field(None, min_length=1, description="Layer to read (required when several).")
 
 
-class ZipParams(ShpParams):
-    shp_name: str | None = Field(None, min_length=1, description="Shapefile inside the zip (when several).")
+class GdbParams(_Params):
+    layer_name: str | None = Field(None, min_length=1, description="Feature class to read (required when several).")
+    gdb_name: str | None = Field(None, min_length=1, description="The .gdb folder inside the zip (when several).")
+
+
+GPX_LAYERS = ("waypoints", "routes", "tracks", "route_points", "track_points")
+
+
+class GpxParams(_Params):
+    layer_name: Literal["waypoints", "routes", "tracks", "route_points", "track_points"] | None = Field(
+        None, description="GPX layer; when absent, the one of waypoints/routes/tracks that holds features."
+    )
 
 
 CONVERTER_PARAMS: dict[str, type[_Params]] = {
@@ -137,14 +156,14 @@ CONVERTER_PARAMS: dict[str, type[_Params]] = {
     "kmz": KmzParams,
     "shp": ShpParams,
     "zip": ZipParams,
-    "parquet": GeoJsonParams,
-    "fgb": GeoJsonParams,
-    "geojsonl": GeoJsonParams,
-    "geojsons": GeoJsonParams,
-    "gdb.zip": LayeredParams,
-    "gml": LayeredParams,
-    "gpx": LayeredParams,
-    "topojson": LayeredParams,
+    "parquet": CrsParams,
+    "fgb": CrsParams,
+    "geojsonl": CrsParams,
+    "geojsons": CrsParams,
+    "gdb.zip": GdbParams,
+    "gml": LayeredCrsParams,
+    "gpx": GpxParams,
+    "topojson": LayeredCrsParams,
 }
 
 

@@ -39,7 +39,6 @@ from services.vector.source import (
     LayerSource,
     Source,
     download,
-    geoparquet_geometry,
     open_source,
     scrub,
     unparsed_csv_geometry,
@@ -70,16 +69,13 @@ class SourceReader:
             self._read_layer(layer)
 
     def _read_layer(self, layer: LayerSource) -> None:
-        if self.src.ext == "parquet":
-            self._read_geoparquet(layer)
-            return
         kwargs: dict[str, Any] = dict(self.src.open_options)
         if self.src.encoding:
             kwargs["encoding"] = self.src.encoding
         try:
             if layer.where:
                 kwargs["where"] = layer.where
-            with pyogrio.open_arrow(
+            with (layer.opener or pyogrio.open_arrow)(
                 layer.path, layer=layer.layer, batch_size=GDAL_BATCH_ROWS, use_pyarrow=True, **kwargs
             ) as (meta, reader):
                 reprojector = Reprojector(self.src.crs or meta.get("crs"), layer.label)
@@ -97,19 +93,6 @@ class SourceReader:
             blob = self.src.blob_name
             message = scrub(str(exc).replace(layer.path, blob), blob)
             raise PermanentTaskError(f"could not read {layer.label}: {message}") from None
-
-    def _read_geoparquet(self, layer: LayerSource) -> None:
-        """GeoParquet through pyarrow, one batch of rows at a time (GDAL's wheel has no Parquet driver)."""
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(layer.path, memory_map=False)
-        geom_name, crs = geoparquet_geometry(pf.schema_arrow, self.src.blob_name)
-        reprojector = Reprojector(self.src.crs or crs, layer.label)
-        self.crs_seen.append(reprojector.description)
-        offset = 0
-        for batch in pf.iter_batches(batch_size=GDAL_BATCH_ROWS):
-            self._batch(batch, geom_name, reprojector, offset, layer.label)
-            offset += batch.num_rows
 
     def _batch(self, batch: pa.RecordBatch, geom_name: str, reprojector: Reprojector, offset: int, label: str) -> None:
         checkpoint()  # a cancelled job's task stops between batches (before repairing the next one)

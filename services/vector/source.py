@@ -50,6 +50,7 @@ class LayerSource:
     label: str  # how messages name it
     where: str | None = None  # attribute filter (a GeoPackage slice's fid range)
     offset: int = 0  # features before this slice: keeps feature numbers in messages file-wide
+    opener: Any = None  # reads the layer instead of pyogrio.open_arrow (GeoParquet: geoparquet.opener)
 
 
 @dataclass
@@ -222,10 +223,15 @@ def _check_uncompressed(members: list[zipfile.ZipInfo], chosen: zipfile.ZipInfo,
     limit, nor, when big, by a ratio no real data reaches."""
     stem = chosen.filename.rsplit(".", 1)[0]
     read = [m for m in members if m.filename.rsplit(".", 1)[0] == stem]
+    _check_members(read, chosen.filename, blob_name, limit)
+
+
+def _check_members(read: list[zipfile.ZipInfo], name: str, blob_name: str, limit: int) -> None:
+    """The zip guards on the members GDAL will read as `name`."""
     total = sum(m.file_size for m in read)
     if total > limit:
         raise PermanentTaskError(
-            f"'{chosen.filename}' in '{blob_name}' inflates to {total} bytes, more than the limit of {limit} bytes"
+            f"'{name}' in '{blob_name}' inflates to {total} bytes, more than the limit of {limit} bytes"
         )
     for m in read:
         if m.flag_bits & 0x1:
@@ -267,64 +273,6 @@ def gpkg_layers(path: str, blob_name: str, layer_name: str | None) -> list[Layer
         f"GeoPackage '{blob_name}' has {len(spatial)} layers ({', '.join(spatial)}); "
         "choose one with converter_params.layer_name"
     )
-
-
-def _one_layer(path: str, blob_name: str, layer_name: str | None, kind: str) -> list[LayerSource]:
-    """The named layer, or the only layer with geometries (TopoJSON objects, GML feature types, FileGDB)."""
-    layers = _layers_of(path, blob_name)
-    names = [n for n, _ in layers]
-    spatial = [n for n, t in layers if t is not None]
-    chosen = layer_name or (spatial[0] if len(spatial) == 1 else None)
-    if layer_name and layer_name not in names:
-        raise PermanentTaskError(
-            f"converter_params.layer_name '{layer_name}' is not a layer of '{blob_name}'; "
-            f"its layers are: {', '.join(names) or 'none'}"
-        )
-    if chosen is None:
-        if not spatial:
-            raise PermanentTaskError(f"{kind} '{blob_name}' has no layer with geometries")
-        raise PermanentTaskError(
-            f"{kind} '{blob_name}' has {len(spatial)} layers ({', '.join(spatial)}); "
-            "choose one with converter_params.layer_name"
-        )
-    return [LayerSource(path, chosen, f"{kind} '{blob_name}' layer '{chosen}'")]
-
-
-GPX_LAYERS = ("waypoints", "routes", "tracks")  # route_points and track_points repeat the routes' and tracks' points
-
-
-def _gpx_layers(path: str, blob_name: str, layer_name: str | None) -> list[LayerSource]:
-    """A GPX's waypoints, routes and tracks (those it has), or the one layer named."""
-    if layer_name:
-        return _one_layer(path, blob_name, layer_name, "GPX")
-    found = []
-    for name in GPX_LAYERS:
-        try:
-            count = int(pyogrio.read_info(path, layer=name)["features"])
-        except GDAL_ERRORS:
-            continue
-        if count:
-            found.append(LayerSource(path, name, f"GPX '{blob_name}' layer '{name}'"))
-    if not found:
-        raise PermanentTaskError(f"GPX '{blob_name}' has no waypoints, routes or tracks")
-    return found
-
-
-def _zip_within_limits(local: Path, blob_name: str, limit: int) -> None:
-    """A zipped File Geodatabase: every member is read, so all of them count against the limits."""
-    members = _zip_members(local, blob_name)
-    total = sum(m.file_size for m in members)
-    if total > limit:
-        raise PermanentTaskError(f"'{blob_name}' inflates to {total} bytes, more than the limit of {limit} bytes")
-    for m in members:
-        ratio = m.file_size / max(m.compress_size, 1)
-        if m.flag_bits & 0x1:
-            raise PermanentTaskError(f"'{m.filename}' in '{blob_name}' is encrypted; upload it without a password")
-        if m.file_size > RATIO_CHECK_BYTES and ratio > MAX_COMPRESSION_RATIO:
-            raise PermanentTaskError(
-                f"'{m.filename}' in '{blob_name}' inflates from {m.compress_size} to {m.file_size} bytes "
-                f"(more than {MAX_COMPRESSION_RATIO}:1 is refused as a likely zip bomb)"
-            )
 
 
 def _kml_layers(path: str, blob_name: str, layer_name: str | None) -> list[LayerSource]:
@@ -399,19 +347,10 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
         inner = f"/vsizip/{local}/{member.filename}"
         src.layers = [LayerSource(inner, None, f"Shapefile '{member.filename}' in '{blob_name}'")]
         _shapefile_encoding(src, *_zipped_sidecars(local, members, member))
-    elif ext in ("fgb", "geojsonl", "geojsons"):
-        src.layers = [LayerSource(path, None, f"{kind} '{blob_name}'")]
-    elif ext == "parquet":
-        src.layers = [LayerSource(path, None, f"{kind} '{blob_name}'")]
-        src.feature_count = geoparquet_rows(local, blob_name)
-        return src
-    elif ext in ("gml", "topojson"):
-        src.layers = _one_layer(path, blob_name, conv.get("layer_name"), kind)
-    elif ext == "gdb.zip":
-        _zip_within_limits(local, blob_name, max_inflated)
-        src.layers = _one_layer(path, blob_name, conv.get("layer_name"), "File Geodatabase")
-    elif ext == "gpx":
-        src.layers = _gpx_layers(path, blob_name, conv.get("layer_name"))
+    elif ext in _other_formats():
+        from services.vector.gdal_formats import open_other
+
+        return open_other(local, blob_name, ext, conv, max_inflated, src)
     else:
         raise PermanentTaskError(f"unsupported file_extension '{ext}'")
     src.feature_count = _count(src)
@@ -478,39 +417,10 @@ def _shapefile_encoding(src: Source, cpg: bytes | None, dbf_head: bytes) -> None
 MAX_JSON_DEPTH_HINT = "nested JSON (deeper than Python's recursion limit, about 1000 levels)"
 
 
-def geoparquet_rows(local: Path, blob_name: str) -> int:
-    """Rows of a GeoParquet file, after checking it is one (GDAL's wheel has no Parquet driver: pyarrow reads it)."""
-    import pyarrow.parquet as pq
+def _other_formats() -> tuple[str, ...]:
+    from services.vector.gdal_formats import EXTENSIONS
 
-    try:
-        meta = pq.ParquetFile(local).metadata
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise PermanentTaskError(f"'{blob_name}' is not a readable Parquet file ({exc})") from None
-    geoparquet_geometry(pq.read_schema(local), blob_name)
-    return int(meta.num_rows)
-
-
-def geoparquet_geometry(schema: pa.Schema, blob_name: str) -> tuple[str, str | None]:
-    """(geometry column, CRS as PROJJSON text or None) from a GeoParquet file's `geo` metadata."""
-    import json
-
-    raw = (schema.metadata or {}).get(b"geo")
-    if raw is None:
-        raise PermanentTaskError(f"'{blob_name}' is a Parquet file without GeoParquet 'geo' metadata")
-    try:
-        geo = json.loads(raw)
-        column = str(geo["primary_column"])
-        spec = geo["columns"][column]
-    except (ValueError, KeyError, TypeError):
-        raise PermanentTaskError(f"'{blob_name}' has GeoParquet 'geo' metadata that cannot be read") from None
-    if str(spec.get("encoding", "WKB")).upper() != "WKB":
-        raise PermanentTaskError(
-            f"'{blob_name}' stores geometries as {spec.get('encoding')}; only WKB-encoded GeoParquet is read"
-        )
-    if column not in schema.names:
-        raise PermanentTaskError(f"'{blob_name}': its primary geometry column '{column}' is not in the file")
-    crs = spec.get("crs", "OGC:CRS84")  # absent means OGC:CRS84 (GeoParquet 1.x); null means unknown
-    return column, None if crs is None else (crs if isinstance(crs, str) else json.dumps(crs))
+    return EXTENSIONS
 
 
 def _as_sequence(local: Path, blob_name: str) -> tuple[Path, SequenceInfo] | None:
