@@ -266,16 +266,16 @@ def test_topojson(db, drain, nonce, tmp_path):
     assert_same_values(db, f"topo_{nonce}", expected)
 
 
-@pytest.mark.parametrize("ext, made_as, found", [
-    ("fgb", "geojson", "is a GeoJSON file, not FlatGeobuf"),
-    ("geojsonl", "geojson", "is a GeoJSON file, not GeoJSON sequence"),
-    ("gml", "fgb", "is a FlatGeobuf file, not GML"),
-    ("topojson", "geojson", "is a GeoJSON file, not TopoJSON"),
-    ("gpx", "gml", "is a GML file, not GPX"),
-    ("parquet", "fgb", "is a FlatGeobuf file, not GeoParquet"),
-    ("fgb", "parquet", "is a GeoParquet file, not FlatGeobuf"),
+@pytest.mark.parametrize("ext, made_as, named", [  # named: the content's format and the one submitted
+    ("fgb", "geojson", ("GeoJSON", "FlatGeobuf")),
+    ("geojsonl", "geojson", ("GeoJSON", "GeoJSON sequence")),
+    ("gml", "fgb", ("FlatGeobuf", "GML")),
+    ("topojson", "geojson", ("GeoJSON", "TopoJSON")),
+    ("gpx", "gml", ("GML", "GPX")),
+    ("parquet", "fgb", ("FlatGeobuf", "GeoParquet")),
+    ("fgb", "parquet", ("GeoParquet", "FlatGeobuf")),
 ])
-def test_content_must_match_the_extension(db, drain, nonce, tmp_path, ext, made_as, found):
+def test_content_must_match_the_extension(db, drain, nonce, tmp_path, ext, made_as, named):
     df = countries().head(3)
     path = tmp_path / f"made.{made_as}"
     if made_as == "parquet":
@@ -286,7 +286,7 @@ def test_content_must_match_the_extension(db, drain, nonce, tmp_path, ext, made_
     job = vf.run_ingest(drain, db, params(blob, ext, f"wrong_{nonce}"))
     assert job["status"] == "failed"
     err = job["error_details"]["error"]
-    assert found in err and f"wrong.{ext}" in err and f"file_extension '{ext}'" in err
+    assert all(name in err for name in named) and f"wrong.{ext}" in err and f"file_extension '{ext}'" in err
     assert not vf.table_exists(db, "geo", f"wrong_{nonce}")
 
 

@@ -1,4 +1,4 @@
-"""GeoParquet, FlatGeobuf, GeoJSON sequences, zipped File Geodatabase, GML, GPX and TopoJSON: each loads
+"""GeoParquet, FlatGeobuf, GeoJSON sequences, zipped File Geodatabase, GML and TopoJSON: each loads
 with exactly the rows and attribute values GDAL (pyogrio) reads from it, every geometry valid."""
 
 from __future__ import annotations
@@ -14,14 +14,6 @@ from tests import corpus
 from tests import vector_files as vf
 
 NE = "naturalearth_lowres"
-GPX = """<?xml version="1.0" encoding="UTF-8"?>
-<gpx version="1.1" creator="geoetl tests" xmlns="http://www.topografix.com/GPX/1/1">
-  <wpt lat="48.85" lon="2.35"><name>Paris</name></wpt>
-  <wpt lat="51.5" lon="-0.12"><name>Londres</name></wpt>
-  <trk><name>Ligne</name><trkseg><trkpt lat="48.85" lon="2.35"/><trkpt lat="50.6" lon="3.06"/>
-  <trkpt lat="51.5" lon="-0.12"/></trkseg></trk>
-</gpx>
-"""
 
 
 def natural_earth():
@@ -72,16 +64,6 @@ def test_natural_earth_in_each_format(db, drain, nonce, ext):
     check_same_as_gdal(db, table, expected, job)
     invalid = int((~shapely.is_valid(expected.geometry.values)).sum())
     assert job["result_data"]["summary"]["features_repaired"] == invalid
-
-
-def test_gpx_reads_its_waypoints_and_tracks(db, drain, nonce):
-    blob = vf.upload(f"{nonce}/trip.gpx", GPX.encode())
-    table = f"gpx_{nonce}"
-    job = vf.run_ingest(drain, db, {"blob_name": blob, "file_extension": "gpx", "table_name": table})
-    assert job["status"] == "completed", job["error_details"]
-    rows = db.execute(f"SELECT name, GeometryType(geom) t FROM geo.{table} ORDER BY name").fetchall()
-    assert [(r["name"], r["t"]) for r in rows] == [
-        ("Ligne", "MULTILINESTRING"), ("Londres", "MULTIPOINT"), ("Paris", "MULTIPOINT")]
 
 
 def test_topojson_layer_of_us_atlas(db, drain, nonce):
