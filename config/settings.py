@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     max_source_bytes: int = Field(
         10 * 1024**3, description="Source files larger than this are refused at submit (bytes)."
     )
+    repair_seconds_per_feature: float = Field(
+        300.0, gt=0, description="Time budget to repair one invalid geometry; a feature that needs more fails the "
+        "job naming it (geometry_params.invalid \"keep\" loads it as it is)."
+    )
 
     # --- queues
     queue_backend: Literal["postgres", "servicebus"] = Field("postgres", description="postgres or servicebus.")

@@ -1,9 +1,12 @@
 """ingest_vector: a vector file in blob storage -> one PostGIS table + its STAC item.
 
-Stage 1 (single)  prepare_chunks      stream the file, repair/reproject, write GeoParquet chunks;
-                                      a GeoPackage with a declared geometry type: only plan fid-range slices
-Stage 2 (fan-out) upload_chunks       staging table created once (setup_stage), then one COPY task per chunk
-                                      (a slice task reads its fid range in place and prepares it itself)
+Stage 1 (single)  prepare_chunks      plan: a GeoPackage with a declared geometry type -> fid-range slices
+                                      read in place; any other file is converted once into raw GeoParquet
+                                      chunks (reprojected, typed, promoted, invalid rows only marked)
+Stage 2 (fan-out) upload_chunks       staging table created once (setup_stage), then one task per part: it
+                                      reads its chunk or slice, repairs invalid geometries
+                                      (geometry_params.invalid, a time budget per feature) and COPYs into
+                                      the staging table, updating its progress as it goes
 Stage 3 (single)  create_stac_record  indexes and ANALYZE in staging, then publish in one transaction:
                                       move (or append) into the target, owner comment, STAC item (publish.py)
 
@@ -12,12 +15,16 @@ Policies (the user-visible decisions):
   MultiPolygon); points, lines and polygons mixed -> one generic geometry(Geometry, 4326) column, each
   feature still promoted to Multi* of its own family. A GeometryCollection of one family becomes that
   Multi*; one that mixes families fails the job, naming the feature.
-- Null/empty geometries are dropped and counted; invalid ones are repaired with make_valid, keeping
-  the parts of the feature's own family (so polygon areas are make_valid's); features that collapse
-  to nothing are dropped and counted. Row count = source features - reported drops.
+- Null/empty geometries are dropped and counted; invalid ones are repaired in stage 2 with
+  make_valid(method="structure") semantics, keeping the parts of the feature's own family; a feature
+  above 100k vertices is repaired part-wise in a child process killed after REPAIR_SECONDS_PER_FEATURE
+  (the job then fails naming it). geometry_params.invalid "keep" loads them as they are, "fail" fails
+  naming the first. Features that collapse to nothing are dropped and counted. Row count = source
+  features - reported drops.
 - A file without a CRS is taken as EPSG:4326 only when its coordinates fit; converter_params.crs
   (CSV, Shapefile) names or overrides the source CRS.
-- Column names: lowercase [a-z0-9_], collisions and the reserved `id`/`geom` get _2, _3...
+- Column names: lowercase letters of any script, digits and _ (ÉCOLE -> école; the source name is kept
+  in the result and the STAC item); collisions and the reserved `id`/`geom` get _2, _3...
   Timestamps without a zone are taken as UTC.
 - chunk_size absent: 1 chunk up to 25k features, ~8 chunks up to 800k, then 100k rows per chunk
   (and at most ~64 MB of geometry per chunk). A GeoPackage slice is chunk_size fids wide.
@@ -29,9 +36,16 @@ Policies (the user-visible decisions):
 - Exactly-once load: each chunk's COPY runs in the transaction that completes its task; a duplicate
   delivery is rolled back by the CoreMachine, a killed worker's COPY never commits.
 - KML/KMZ without layer_name read every layer (folder). A 0-byte blob is refused at submit (400).
+- GeoParquet (WKB, read with pyarrow: pyogrio's wheel has no Parquet driver), FlatGeobuf, GeoJSON sequences,
+  GML, GPX, TopoJSON and a zipped File Geodatabase (GDAL through /vsizip/, zip guards as for Shapefiles)
+  stream through stage 1; the GDAL driver that opens the file must be the extension's (the job fails naming
+  both). Several layers need converter_params.layer_name; a GPX without it reads the one of waypoints,
+  routes and tracks that holds features (services/vector/gdal_formats.py).
 - Broken input fails the job naming the file and the feature/column/member: CSV coordinates or WKT GDAL
   cannot parse ('north', 'nan', garbage WKT; empty cells are null geometries), curved geometries,
-  coordinates beyond 1e10, text or names that are not UTF-8 (Shapefile: converter_params.encoding),
+  coordinates beyond 1e10, text or names that are not UTF-8 (a Shapefile's encoding is GDAL's: .cpg, DBF
+  language driver, ISO-8859-1; converter_params.encoding overrides), GeoJSON integers beyond 64 bits,
+  JSON nested deeper than ~1000 levels, content of another format than file_extension,
   more than 1598 attribute columns, a truncated or mismatched .shp/.shx/.dbf, a zipped Shapefile without
   its .shx/.dbf, encrypted archive members, members over 100 MiB deflated more than 200:1 (zip bombs).
   GeoJSON geometry members GDAL cannot read (wrong types) are null geometries: dropped and counted.
@@ -96,6 +110,11 @@ class GeometryParams(BaseModel):
     simplify_tolerance: float | None = Field(None, gt=0, le=10, description="Douglas-Peucker tolerance (degrees).")
     preserve_topology: bool = Field(True, description="Simplify without creating invalid geometries.")
     quantize_grid: float | None = Field(None, gt=0, le=1, description="Snap coordinates to this grid (degrees).")
+    invalid: Literal["repair", "keep", "fail"] = Field(
+        "repair",
+        description="Invalid geometries: repaired (make_valid 'structure', bounded per feature), kept as they are "
+        "and counted, or the job fails naming the first one.",
+    )
 
 
 class IngestVectorParameters(JobParameters):
@@ -294,7 +313,8 @@ class IngestVectorJob(JobBase):
             target = {"schema": STAGING_SCHEMA, "table_name": staging_table(job_id)}  # COPY into staging
             prep = stage1_result(previous_results)
             columns = [{"name": c["name"], "type": c["type"]} for c in prep["columns"]]
-            catalog = {"indexes": prep["indexes"], "geometry_type": prep["geometry_type"], "columns": columns}
+            described = [{**c, "source_name": c.get("source_name")} for c in prep["columns"]]
+            catalog = {"indexes": prep["indexes"], "geometry_type": prep["geometry_type"], "columns": described}
             if prep.get("mode") == "slices":
                 keys = ("blob_name", "container_name", "converter_params", "geometry_params")
                 source = {k: params[k] for k in keys} | {
@@ -303,8 +323,9 @@ class IngestVectorJob(JobBase):
                 per_chunk = [{"fids": chunk["fids"], **source} for chunk in prep["chunks"]]
             else:
                 container = prep["intermediate_container"]
+                repair = {"geometry_params": params["geometry_params"], "source_file": params["blob_name"]}
                 per_chunk = [
-                    {"chunk_path": c["path"], "rows": c["rows"], "intermediate_container": container}
+                    {"chunk_path": c["path"], "rows": c["rows"], "intermediate_container": container, **repair}
                     for c in prep["chunks"]
                 ]
             return [
@@ -368,6 +389,7 @@ class IngestVectorJob(JobBase):
         counts = _counts(prepared + [t.result_data for t in done])
         rows = counts["rows"]
         expected_rows = counts["source_features"] - sum(counts["features_dropped"].values())
+        out_of_range = sum(int(t.result_data.get("values_out_of_range", 0)) for t in done)
         return {
             "job_type": cls.job_type,
             "blob_name": params["blob_name"],
@@ -381,7 +403,7 @@ class IngestVectorJob(JobBase):
                 "chunks_uploaded": len(done),
                 "total_rows_uploaded": rows,
                 "success_rate": f"{(len(done) / total_chunks * 100) if total_chunks else 0.0:.1f}%",
-                "data_complete": len(done) == total_chunks and rows == expected_rows,
+                "data_complete": len(done) == total_chunks and rows == expected_rows and out_of_range == 0,
                 "source_features": counts["source_features"],
                 "features_dropped": counts["features_dropped"],
                 "features_dropped_total": sum(counts["features_dropped"].values()),
@@ -390,9 +412,10 @@ class IngestVectorJob(JobBase):
                 "geometry_stats": counts["geometry_stats"],
                 "columns": prep.get("columns"),
                 "source_crs": prep.get("source_crs"),
+                "encoding": prep.get("encoding"),
                 "chunk_size": prep.get("chunk_size"),
                 "read_in_place": prep.get("mode") == "slices",
-                "values_out_of_range": sum(int(t.result_data.get("values_out_of_range", 0)) for t in done),
+                "values_out_of_range": out_of_range,
             },
             "stac": {
                 "collection_id": stac.get("collection_id"),
@@ -438,11 +461,18 @@ class IngestVectorJob(JobBase):
         row = conn.execute(PROGRESS_SQL, [job.job_id]).fetchone()
         if row is None:
             return {}
+        running = conn.execute(
+            "SELECT task_id, stage, progress FROM app.tasks WHERE parent_job_id = %s AND status = 'processing'"
+            " AND progress IS NOT NULL ORDER BY task_id",
+            [job.job_id],
+        ).fetchall()
         return {
             "chunks_total": None if row["chunks_total"] is None else int(row["chunks_total"]),
             "chunks_done": int(row["chunks_done"] or 0),
             "rows_total": None if row["rows_total"] is None else int(row["rows_total"]),
             "rows_loaded": int(row["rows_loaded"] or 0),
+            # what each running task has done so far (features read, features repaired)
+            "running_tasks": [{"task_id": r["task_id"], "stage": r["stage"], **r["progress"]} for r in running],
         }
 
 

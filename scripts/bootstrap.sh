@@ -46,6 +46,16 @@ if [[ ! -x .azurite/node_modules/.bin/azurite-blob ]]; then
   (cd .azurite && npm install --no-audit --no-fund --silent "azurite@$AZURITE_VERSION" >/dev/null)
 fi
 
+# --- the real-data test corpus (public npm packages, cached in .corpus/; tests/corpus.py reads it)
+CORPUS_PACKAGES="@geo-maps/countries-maritime-10m@0.6.0 @geo-maps/earth-seas-10m@0.6.0 world-geojson@3.5.3 us-atlas@3.0.1"
+if ((want_test)) && [[ ! -f .corpus/.installed-$(echo "$CORPUS_PACKAGES" | sha256sum | cut -c1-16) ]]; then
+  say "npm install the test corpus into .corpus/"
+  mkdir -p .corpus
+  # shellcheck disable=SC2086
+  (cd .corpus && npm install --no-audit --no-fund --silent $CORPUS_PACKAGES >/dev/null)
+  rm -f .corpus/.installed-*; touch ".corpus/.installed-$(echo "$CORPUS_PACKAGES" | sha256sum | cut -c1-16)"
+fi
+
 # --- optional system tools
 OGC_CLIENT_VERSION=1.3.0  # @camptocamp/ogc-client, run by the interop tests (geonetwork-ui's client)
 if ((want_test)) && [[ ! -f .ogc-client/node_modules/@camptocamp/ogc-client/package.json ]]; then

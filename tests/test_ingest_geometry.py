@@ -163,11 +163,11 @@ def test_colliding_and_reserved_column_names(db, drain, nonce):
     assert job["status"] == "completed", job["error_details"]
     cols = list(vf.columns_of(db, "geo", table))
     assert cols == ["id", "geom", "name", "name_2", "name_3", "id_2", "geom_2", "order", "select", "type",
-                    "a_b", "c_1st", "n"]
-    row = db.execute(f'SELECT "name", name_2, name_3, id_2, geom_2, "order", "select", "type", a_b, c_1st, n'
+                    "a_b", "c_1st", "ünï"]  # letters outside ASCII are kept
+    row = db.execute(f'SELECT "name", name_2, name_3, id_2, geom_2, "order", "select", "type", a_b, c_1st, "ünï"'
                      f" FROM geo.{table}").fetchone()
     assert row == {"name": "a", "name_2": "b", "name_3": "c", "id_2": 7, "geom_2": "g", "order": 1, "select": 2,
-                   "type": "t", "a_b": 3, "c_1st": 4, "n": 5}
+                   "type": "t", "a_b": 3, "c_1st": 4, "ünï": 5}
     mapping = {c["source_name"]: c["name"] for c in job["result_data"]["summary"]["columns"]}
     assert mapping["id"] == "id_2" and mapping["NAME "] == "name_3"
 

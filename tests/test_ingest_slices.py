@@ -81,7 +81,8 @@ def test_slices_partition_the_fids_and_load_every_row_once(db, drain, nonce):
     from jobs.ingest_vector import IngestVectorJob
 
     progress = IngestVectorJob.progress_details(db, SimpleNamespace(job_id=job["job_id"]))
-    assert progress == {"chunks_total": 8, "chunks_done": 8, "rows_total": 700, "rows_loaded": 700}
+    assert progress == {"chunks_total": 8, "chunks_done": 8, "rows_total": 700, "rows_loaded": 700,
+                        "running_tasks": []}
 
 
 def pd_int_with_nulls(n: int, first_null: int) -> Any:

@@ -87,7 +87,7 @@ def test_progress_details(db, drain, nonce):
     with database.connection() as conn:
         record = state.get_job(conn, job["job_id"])
         details = IngestVectorJob.progress_details(conn, record)
-    assert details == {"chunks_total": 3, "chunks_done": 3, "rows_total": 10, "rows_loaded": 10}
+    assert details == {"chunks_total": 3, "chunks_done": 3, "rows_total": 10, "rows_loaded": 10, "running_tasks": []}
 
 
 def test_auto_chunk_size_gives_one_chunk_for_small_files(db, drain, nonce):

@@ -59,7 +59,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from triggers.client import EXTENSIONS, ApiClient, default_table_name, follow, upload
 
     path = Path(args.file)
-    ext = path.suffix.lower()
+    ext = ".gdb.zip" if path.name.lower().endswith(".gdb.zip") else path.suffix.lower()
     if not path.is_file():
         print(f"error: {path} is not a file", file=sys.stderr)
         return 2

@@ -15,7 +15,8 @@ from config import get_settings
 from infrastructure.blob import get_blob_store
 
 SIDECARS = (".dbf", ".shx", ".prj", ".cpg", ".qix", ".sbn", ".sbx")
-EXTENSIONS = {".csv", ".geojson", ".json", ".gpkg", ".kml", ".kmz", ".shp", ".zip"}
+EXTENSIONS = {".csv", ".geojson", ".json", ".gpkg", ".kml", ".kmz", ".shp", ".zip",
+              ".parquet", ".fgb", ".geojsonl", ".geojsons", ".gdb.zip", ".gml", ".gpx", ".topojson"}
 
 
 class ApiClient:

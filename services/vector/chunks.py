@@ -23,7 +23,7 @@ from core.errors import PermanentTaskError
 from infrastructure.blob import BlobStore
 from services.vector import columns as C
 from services.vector.geometry import MULTI_TYPE
-from services.vector.identifiers import GEOMETRY_COLUMN
+from services.vector.identifiers import GEOMETRY_COLUMN, REPAIR_COLUMN
 
 AUTO_MAX_ROWS = 100_000
 AUTO_MIN_ROWS = 25_000
@@ -93,7 +93,7 @@ class ChunkWriter:
         if table.num_rows == 0:
             return
         for name, field in zip(table.column_names, table.schema, strict=True):
-            if name != GEOMETRY_COLUMN:
+            if name not in (GEOMETRY_COLUMN, REPAIR_COLUMN):
                 self.types[name] = C.merge_types(self.types.get(name, C.NULL), C.pg_type_of(field.type))
         self.families |= families
         self.pending.append(table)
@@ -131,7 +131,8 @@ class ChunkWriter:
         tables = []
         for t in self.pending:
             arrays = [
-                t.column(n) if n == GEOMETRY_COLUMN else C.cast_to(t.column(n), self.types[n]) for n in t.column_names
+                t.column(n) if n in (GEOMETRY_COLUMN, REPAIR_COLUMN) else C.cast_to(t.column(n), self.types[n])
+                for n in t.column_names
             ]
             tables.append(pa.table(arrays, names=t.column_names))
         return pa.concat_tables(tables, promote_options="permissive")

@@ -139,3 +139,12 @@ def check_column_count(label: str, count: int) -> None:
             f"{label} has {count} attribute columns; a PostgreSQL table holds at most 1600 "
             f"columns, so at most {MAX_ATTRIBUTE_COLUMNS} besides id and geom"
         )
+
+
+def stac_column(column: dict[str, str]) -> dict[str, str]:
+    """A table:columns entry of the STAC item; the source's own name is kept where cleaning changed it."""
+    entry = {"name": column["name"], "type": column["type"]}
+    source = column.get("source_name")
+    if source is not None and source != column["name"]:
+        entry["description"] = f"source column: {source}"
+    return entry

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import codecs
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SUPPORTED_EXTENSIONS = ("csv", "geojson", "json", "gpkg", "kml", "kmz", "shp", "zip")
+SUPPORTED_EXTENSIONS = (
+    "csv", "geojson", "json", "gpkg", "kml", "kmz", "shp", "zip",
+    "parquet", "fgb", "geojsonl", "geojsons", "gdb.zip", "gml", "gpx", "topojson",
+)
 
 # What GDAL calls each format, for messages.
 FORMAT_NAMES = {
@@ -19,6 +22,14 @@ FORMAT_NAMES = {
     "kmz": "KMZ",
     "shp": "Shapefile",
     "zip": "zipped Shapefile",
+    "parquet": "GeoParquet",
+    "fgb": "FlatGeobuf",
+    "geojsonl": "GeoJSON sequence",
+    "geojsons": "GeoJSON sequence",
+    "gdb.zip": "zipped File Geodatabase",
+    "gml": "GML",
+    "gpx": "GPX",
+    "topojson": "TopoJSON",
 }
 
 
@@ -58,6 +69,16 @@ class CsvParams(_WithCrs):
     lat_name: str | None = Field(None, min_length=1, description="Column holding latitude (y).")
     lon_name: str | None = Field(None, min_length=1, description="Column holding longitude (x).")
     wkt_column: str | None = Field(None, min_length=1, description="Column holding WKT geometry.")
+
+    @field_validator("lat_name", "lon_name", "wkt_column")
+    @classmethod
+    def _no_comma(cls, v: str | None) -> str | None:
+        if v is not None and "," in v:
+            raise ValueError(
+                f"{v!r} holds a comma; GDAL reads this option as a comma-separated list of names, so it would "
+                "take other columns: rename the column in the file"
+            )
+        return v
 
     @model_validator(mode="after")
     def _one_geometry_source(self) -> CsvParams:
@@ -103,6 +124,29 @@ class ZipParams(ShpParams):
     shp_name: str | None = Field(None, min_length=1, description="Shapefile inside the zip (when several).")
 
 
+class CrsParams(_WithCrs):
+    """Formats with one layer whose declared CRS a user may need to override (GeoParquet, FlatGeobuf,
+    GeoJSON sequences)."""
+
+
+class LayeredCrsParams(_WithCrs):
+    layer_name: str | None = Field(None, min_length=1, description="Layer to read (required when several).")
+
+
+class GdbParams(_Params):
+    layer_name: str | None = Field(None, min_length=1, description="Feature class to read (required when several).")
+    gdb_name: str | None = Field(None, min_length=1, description="The .gdb folder inside the zip (when several).")
+
+
+GPX_LAYERS = ("waypoints", "routes", "tracks", "route_points", "track_points")
+
+
+class GpxParams(_Params):
+    layer_name: Literal["waypoints", "routes", "tracks", "route_points", "track_points"] | None = Field(
+        None, description="GPX layer; when absent, the one of waypoints/routes/tracks that holds features."
+    )
+
+
 CONVERTER_PARAMS: dict[str, type[_Params]] = {
     "csv": CsvParams,
     "geojson": GeoJsonParams,
@@ -112,6 +156,14 @@ CONVERTER_PARAMS: dict[str, type[_Params]] = {
     "kmz": KmzParams,
     "shp": ShpParams,
     "zip": ZipParams,
+    "parquet": CrsParams,
+    "fgb": CrsParams,
+    "geojsonl": CrsParams,
+    "geojsons": CrsParams,
+    "gdb.zip": GdbParams,
+    "gml": LayeredCrsParams,
+    "gpx": GpxParams,
+    "topojson": LayeredCrsParams,
 }
 
 

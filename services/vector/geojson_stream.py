@@ -19,6 +19,19 @@ _decoder = json.JSONDecoder()
 _WS = " \t\n\r"
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class IntegerOutOfRange(Exception):  # not a ValueError: the caller must not fall back to GDAL
+    """A property holds an integer GDAL would clamp to 64 bits (2**70 -> 9223372036854775807)."""
+
+    def __init__(self, feature: int, name: str, value: int) -> None:
+        super().__init__(
+            f"feature {feature} has the integer {value} in property '{name}', beyond the 64-bit range "
+            "(GDAL would store it clamped); write it as a string or a decimal number in the file"
+        )
+
+
 class NotAFeatureCollection(ValueError):
     """The document is valid JSON of another shape (a Feature, a geometry): leave it to GDAL."""
 
@@ -120,6 +133,14 @@ def to_sequence(src: Path, dest: Path) -> SequenceInfo:
     return info
 
 
+def _check_integers(feature: dict[str, Any], index: int) -> None:
+    props = feature.get("properties")
+    if isinstance(props, dict):
+        for name, value in props.items():
+            if type(value) is int and not INT64_MIN <= value <= INT64_MAX:
+                raise IntegerOutOfRange(index, str(name), value)
+
+
 def _copy_features(s: _Stream, out: TextIO) -> int:
     s.expect("[")
     count = 0
@@ -130,6 +151,7 @@ def _copy_features(s: _Stream, out: TextIO) -> int:
         obj, text = s.value()
         if not isinstance(obj, dict):
             raise ValueError(f"feature {count} is a {type(obj).__name__}, not a JSON object")
+        _check_integers(obj, count)
         out.write(RS)
         out.write(text)
         out.write("\n")

@@ -20,6 +20,7 @@ from pyproj.exceptions import CRSError
 
 from core.errors import PermanentTaskError
 from services.vector import simple_rings
+from services.vector.repair import FAIL, KEEP, REPAIR, Progress, RepairPolicy, make_valid_all, refuse_invalid
 
 POINT, LINE, POLYGON, COLLECTION = "point", "line", "polygon", "collection"
 # shapely type ids: 0 Point, 1 LineString, 2 LinearRing, 3 Polygon, 4-6 Multi*, 7 GeometryCollection
@@ -44,6 +45,7 @@ class GeometryStats:
     repaired: int = 0
     z_dropped: int = 0
     collections_unpacked: int = 0
+    invalid_kept: int = 0
     families: set[str] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, Any]:
@@ -53,6 +55,7 @@ class GeometryStats:
             "repaired": self.repaired,
             "z_dropped": self.z_dropped,
             "collections_unpacked": self.collections_unpacked,
+            "invalid_kept": self.invalid_kept,
         }
 
 
@@ -61,6 +64,9 @@ class GeometryOptions:
     simplify_tolerance: float | None = None
     preserve_topology: bool = True
     quantize_grid: float | None = None
+    repair: RepairPolicy = field(default_factory=RepairPolicy)
+    defer_repair: bool = False  # stage 1 of a converted file: stage 2 repairs (in parallel)
+    progress: Progress | None = None
 
 
 LONLAT_TOLERANCE = 1e-6  # degrees: exports often round -180/180 a hair outside the range
@@ -243,22 +249,41 @@ def unpack_collections(geoms: np.ndarray, offset: int, label: str, stats: Geomet
     return out
 
 
-def repair(geoms: np.ndarray, offset: int, label: str, stats: GeometryStats) -> np.ndarray:
-    """make_valid the invalid ones, keeping only parts of the feature's own family (so areas are kept)."""
-    valid = shapely.is_valid(geoms) | shapely.is_missing(geoms)
-    if valid.all():
+def invalid_mask(geoms: np.ndarray) -> np.ndarray:
+    return ~(shapely.is_valid(geoms) | shapely.is_missing(geoms))
+
+
+def repair(
+    geoms: np.ndarray,
+    offset: int,
+    label: str,
+    stats: GeometryStats,
+    options: GeometryOptions | None = None,
+    features: np.ndarray | None = None,
+) -> np.ndarray:
+    """Invalid geometries by geometry_params.invalid: repaired (make_valid 'structure' semantics, keeping only
+    parts of the feature's own family, within a time budget per feature), kept as they are, or refused.
+    `features` numbers the rows in messages (default: offset + row)."""
+    options = options or GeometryOptions()
+    bad = invalid_mask(geoms)
+    if not bad.any():
         return geoms
-    where = np.flatnonzero(~valid)
+    where = np.flatnonzero(bad)
+    numbers = (offset + where) if features is None else np.asarray(features)[where]
+    policy = options.repair
+    if policy.mode == FAIL:
+        raise refuse_invalid(geoms[where[0]], int(numbers[0]), label)
+    if policy.mode == KEEP:
+        stats.invalid_kept += len(where)
+        return geoms
+    if options.defer_repair:
+        return geoms
+    assert policy.mode == REPAIR
     family = families_of(geoms[where])
-    fixed = shapely.make_valid(geoms[where])
+    fixed = make_valid_all(geoms[where], numbers, label, policy, options.progress)
     parts, idx = _flatten(fixed)
     same = (families_of(parts) == family[idx]) & ~shapely.is_empty(parts)
     rebuilt = _collect(parts[same], idx[same], family[idx[same]], len(where))
-    still_bad = ~shapely.is_missing(rebuilt) & ~shapely.is_valid(rebuilt)
-    if still_bad.any():
-        i = int(where[np.flatnonzero(still_bad)[0]])
-        reason = shapely.is_valid_reason(geoms[i])
-        raise PermanentTaskError(f"{label}: feature {offset + i} has a geometry that cannot be repaired ({reason})")
     out = geoms.copy()
     out[where] = rebuilt  # None where nothing of the family survived: counted as collapsed
     stats.repaired += int((~shapely.is_missing(rebuilt)).sum())
@@ -283,6 +308,7 @@ class Prepared:
 
     keep: np.ndarray
     wkb: pa.Array
+    deferred: np.ndarray | None = None  # rows of `keep` left invalid for stage 2 to repair (defer_repair)
 
 
 # 9-byte WKB header that wraps one single part into its Multi* (little-endian, 1 part), by WKB type 1-3
@@ -399,7 +425,11 @@ def prepare_geometries(
         geoms = shapely.simplify(geoms, options.simplify_tolerance, preserve_topology=options.preserve_topology)
     if options.quantize_grid:
         geoms = shapely.set_precision(geoms, options.quantize_grid)
-    geoms = repair(geoms, offset, label, stats)
+    deferred = None
+    if options.defer_repair and options.repair.mode == REPAIR:
+        deferred = invalid_mask(geoms)
+    else:
+        geoms = repair(geoms, offset, label, stats, options)
     unchanged = unchanged and geoms is before  # each step returns its input when it changes nothing
 
     alive = ~shapely.is_missing(geoms)
@@ -407,11 +437,37 @@ def prepare_geometries(
     stats.collapsed += int((present & ~alive).sum())
     keep = present & alive
     stats.families.update(set(families_of(geoms[keep])))
+    deferred = deferred[keep] if deferred is not None and deferred.any() else None
     fast = _promoted_wkb(wkb, keep) if unchanged and isinstance(wkb, pa.Array | pa.ChunkedArray) else None
     if fast is not None:
-        return Prepared(keep, fast)
+        return Prepared(keep, fast, deferred)
     geoms = promote_to_multi(geoms[keep])
-    return Prepared(keep, pa.array(shapely.to_wkb(geoms), type=pa.binary()))
+    return Prepared(keep, pa.array(shapely.to_wkb(geoms), type=pa.binary()), deferred)
+
+
+def repair_marked(
+    wkb: pa.Array, features: pa.Array, label: str, options: GeometryOptions, stats: GeometryStats
+) -> tuple[np.ndarray, pa.Array]:
+    """Stage 2's repair of the rows stage 1 marked invalid (`features` holds their feature numbers, null for
+    valid rows): (rows to keep, their WKB). Only the marked rows are decoded."""
+    wkb = _binary(wkb) if _binary(wkb) is not None else pa.array(wkb, type=pa.binary())
+    if isinstance(features, pa.ChunkedArray):
+        features = features.combine_chunks()
+    marked = features.is_valid().to_numpy(zero_copy_only=False)
+    keep = np.ones(len(wkb), dtype=bool)
+    if not marked.any():
+        return keep, wkb
+    where = np.flatnonzero(marked)
+    numbers = features.filter(pa.array(marked)).to_numpy(zero_copy_only=False)
+    geoms = shapely.from_wkb(wkb.filter(pa.array(marked)).to_numpy(zero_copy_only=False))
+    fixed = repair(geoms, 0, label, stats, options, numbers)
+    alive = ~shapely.is_missing(fixed)
+    alive[alive] = ~shapely.is_empty(fixed[alive])
+    stats.collapsed += int((~alive).sum())
+    keep[where[~alive]] = False
+    values = wkb.to_numpy(zero_copy_only=False).copy()
+    values[where[alive]] = shapely.to_wkb(promote_to_multi(fixed[alive]))
+    return keep, pa.array(values[keep], type=pa.binary())
 
 
 def column_geometry_type(families: set[str]) -> str:

@@ -7,11 +7,14 @@ table names are held to stricter rules because users type them into URLs and SQL
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 
 MAX_IDENTIFIER_BYTES = 63
 ID_COLUMN = "id"
 GEOMETRY_COLUMN = "geom"
+# In a chunk only: the feature number of a row stage 1 left invalid for stage 2 to repair (null otherwise)
+REPAIR_COLUMN = "__geoetl_repair_feature"
 
 # pg_get_keywords() categories R (reserved) and T (reserved, can be function or type), PostgreSQL 15-17.
 RESERVED_WORDS = frozenset(
@@ -44,13 +47,16 @@ def table_name_problem(name: str) -> str | None:
 
 
 def _truncate(name: str, max_bytes: int) -> str:
-    encoded = name.encode()[:max_bytes]
-    return encoded.decode("ascii", errors="ignore")
+    """At most max_bytes of UTF-8, cut at a character boundary."""
+    return name.encode()[:max_bytes].decode("utf-8", errors="ignore")
 
 
 def clean_name(raw: str) -> str:
-    """Lowercase, characters outside [a-z0-9_] become '_', never empty, never starting with a digit."""
-    name = re.sub(r"[^a-z0-9_]+", "_", str(raw).strip().lower())
+    """Lowercase letters (of any script: 'ÉCOLE' -> 'école', '名前' stays), digits and '_'; anything else
+    becomes '_'; never empty, never starting with a digit, at most 63 bytes. The source name is kept in
+    the job result's and the STAC item's columns."""
+    text = unicodedata.normalize("NFC", str(raw)).strip().lower()
+    name = re.sub(r"\W+", "_", text)
     name = re.sub(r"_+", "_", name).strip("_")
     if not name:
         name = "column"

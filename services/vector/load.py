@@ -29,8 +29,10 @@ from services.vector import columns as C
 from services.vector import pgcopy
 from services.vector.chunks import read_chunk
 from services.vector.ewkb import to_ewkb
-from services.vector.identifiers import GEOMETRY_COLUMN
+from services.vector.geometry import GeometryStats, repair_marked
+from services.vector.identifiers import GEOMETRY_COLUMN, REPAIR_COLUMN
 from services.vector.prepare import SourceReader, geometry_options
+from services.vector.progress import TaskProgress
 from services.vector.slices import check_families, check_version, slice_source
 from services.vector.table import qualified
 
@@ -128,21 +130,51 @@ def load_vector_chunk(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any
 
 
 def _load_prepared(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
-    """A GeoParquet chunk stage 1 wrote: downloaded, then read row group by row group into the COPY."""
+    """A GeoParquet chunk stage 1 wrote: downloaded, read row group by row group, the rows stage 1 marked
+    invalid repaired here (in parallel with the other chunks), and COPYed."""
     path = params["chunk_path"]
     container = params.get("intermediate_container") or get_settings().intermediate_container
+    progress = TaskProgress(ctx.task_id)
+    options = geometry_options(params, progress=progress)
+    stats = GeometryStats()
+    read = 0
     with tempfile.TemporaryDirectory(prefix="geoetl-load-") as tmp:
         chunk = read_chunk(get_blob_store(), container, path, Path(tmp))
         try:
             with copy_into(ctx.conn, params["schema"], params["table_name"], params["columns"], label=path) as sink:
                 for batch in chunk.iter_batches(batch_size=LOAD_BATCH_ROWS):
-                    sink.add(batch)
+                    read += batch.num_rows
+                    sink.add(_repaired(pa.Table.from_batches([batch]), params, options, stats))
+                    progress.read(batch.num_rows)
         finally:
             chunk.close()
     expected = params.get("rows")
-    if expected is not None and sink.rows != expected:
-        raise PermanentTaskError(f"chunk '{path}' holds {sink.rows} rows, stage 1 wrote {expected}")
-    return {"rows_uploaded": sink.rows, "chunk_path": path, "values_out_of_range": sink.stats.out_of_range}
+    if expected is not None and read != expected:
+        raise PermanentTaskError(f"chunk '{path}' holds {read} rows, stage 1 wrote {expected}")
+    return {
+        "rows_uploaded": sink.rows,
+        "chunk_path": path,
+        "values_out_of_range": sink.stats.out_of_range,
+        "features_dropped": {"collapsed": stats.collapsed},
+        "features_repaired": stats.repaired,
+        "geometry_stats": {"repaired": stats.repaired, "collapsed": stats.collapsed},
+    }
+
+
+def _repaired(table: pa.Table, params: dict[str, Any], options: Any, stats: GeometryStats) -> pa.Table:
+    """The batch without the repair marks, its marked rows repaired (or dropped when they collapse)."""
+    if REPAIR_COLUMN not in table.column_names:
+        return table
+    marks = table.column(REPAIR_COLUMN)
+    table = table.drop_columns([REPAIR_COLUMN])
+    if marks.null_count == len(marks):
+        return table
+    label = f"'{params.get('source_file') or params['chunk_path']}'"
+    keep, wkb = repair_marked(table.column(GEOMETRY_COLUMN), marks, label, options, stats)
+    if not keep.all():
+        table = table.filter(pa.array(keep))
+    index = table.column_names.index(GEOMETRY_COLUMN)
+    return table.set_column(index, GEOMETRY_COLUMN, wkb)
 
 
 def _load_slice(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -159,7 +191,9 @@ def _load_slice(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         label=label,
         declared=params.get("declared_geometry_type"),
     ) as sink:
-        reader = SourceReader(src, geometry_options(params), sink)
+        progress = TaskProgress(ctx.task_id)
+        reader = SourceReader(src, geometry_options(params, progress=progress), sink)
+        reader.progress = progress
         reader.read_all()
     check_version(params, store)  # the file did not change while this slice was read
     stats = reader.stats

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyogrio
 
@@ -28,8 +29,11 @@ from services.vector.geometry import (
     column_geometry_type,
     prepare_geometries,
 )
-from services.vector.identifiers import GEOMETRY_COLUMN, ColumnNamer
+from services.vector.identifiers import GEOMETRY_COLUMN, REPAIR_COLUMN, ColumnNamer
+from services.vector.progress import TaskProgress
+from services.vector.repair import RepairPolicy
 from services.vector.slices import plan_slices
+from services.vector.sniff import check_content
 from services.vector.source import (
     TEMP_PREFIX,
     LayerSource,
@@ -58,6 +62,7 @@ class SourceReader:
         self.stats = GeometryStats()
         self.features_read = 0
         self.crs_seen: list[str] = []
+        self.progress: TaskProgress | None = None
 
     def read_all(self) -> None:
         for layer in self.src.layers:
@@ -70,7 +75,7 @@ class SourceReader:
         try:
             if layer.where:
                 kwargs["where"] = layer.where
-            with pyogrio.open_arrow(
+            with (layer.opener or pyogrio.open_arrow)(
                 layer.path, layer=layer.layer, batch_size=GDAL_BATCH_ROWS, use_pyarrow=True, **kwargs
             ) as (meta, reader):
                 reprojector = Reprojector(self.src.crs or meta.get("crs"), layer.label)
@@ -92,6 +97,8 @@ class SourceReader:
     def _batch(self, batch: pa.RecordBatch, geom_name: str, reprojector: Reprojector, offset: int, label: str) -> None:
         checkpoint()  # a cancelled job's task stops between batches (before repairing the next one)
         self.features_read += batch.num_rows
+        if self.progress is not None:
+            self.progress.read(batch.num_rows)
         prepared = prepare_geometries(batch.column(geom_name), offset, label, reprojector, self.options, self.stats)
         keep, wkb = prepared.keep, prepared.wkb
         names, arrays = [], []
@@ -111,6 +118,9 @@ class SourceReader:
         mask = pa.array(keep)
         table = pa.table(arrays, names=names).filter(mask) if names else pa.table({})
         table = table.append_column(GEOMETRY_COLUMN, wkb) if names else pa.table({GEOMETRY_COLUMN: wkb})
+        if prepared.deferred is not None:  # feature numbers of the rows stage 2 repairs
+            numbers = offset + np.flatnonzero(keep)
+            table = table.append_column(REPAIR_COLUMN, pa.array(numbers, type=pa.int64(), mask=~prepared.deferred))
         self.writer.add(table, self.stats.families)
 
     def _check_utf8(self, col: pa.Array, name: str, offset: int, label: str) -> None:
@@ -149,12 +159,19 @@ def _is_utf8(value: bytes) -> bool:
     return True
 
 
-def geometry_options(params: dict[str, Any]) -> GeometryOptions:
+def geometry_options(
+    params: dict[str, Any], defer_repair: bool = False, progress: TaskProgress | None = None
+) -> GeometryOptions:
     geometry = params.get("geometry_params") or {}
     return GeometryOptions(
         simplify_tolerance=geometry.get("simplify_tolerance"),
         preserve_topology=geometry.get("preserve_topology", True),
         quantize_grid=geometry.get("quantize_grid"),
+        repair=RepairPolicy(
+            geometry.get("invalid") or "repair", float(get_settings().repair_seconds_per_feature)
+        ),
+        defer_repair=defer_repair,
+        progress=None if progress is None else progress.repaired,
     )
 
 
@@ -216,6 +233,7 @@ def _prepare_chunks(params: dict[str, Any], ctx: TaskContext, started: float) ->
         local = download(store, container, blob, ext, Path(tmp))
         if local.stat().st_size == 0:
             raise PermanentTaskError(f"file '{blob}' in container '{container}' is empty")
+        check_content(local, ext, blob)
         try:
             src = open_source(local, blob, ext, params.get("converter_params") or {}, settings.max_source_bytes)
             chunk_size = params.get("chunk_size") or auto_chunk_size(src.feature_count)
@@ -227,7 +245,9 @@ def _prepare_chunks(params: dict[str, Any], ctx: TaskContext, started: float) ->
                 None if params.get("chunk_size") else AUTO_MAX_BYTES,
                 label,
             )
-            reader = SourceReader(src, geometry_options(params), writer)
+            progress = TaskProgress(ctx.task_id)
+            reader = SourceReader(src, geometry_options(params, defer_repair=True), writer)
+            reader.progress = progress
             try:
                 reader.read_all()
                 writer.close()
@@ -269,6 +289,7 @@ def _prepare_chunks(params: dict[str, Any], ctx: TaskContext, started: float) ->
         "geometry_families": sorted(stats.families),
         "columns": columns,
         "source_crs": reader.crs_seen,
+        "encoding": src.encoding_used,
         "layers": [layer.layer for layer in src.layers if layer.layer],
         "indexes": _resolve_indexes(params.get("indexes") or {}, reader.namer, columns, label),
         "seconds": round(time.monotonic() - started, 3),

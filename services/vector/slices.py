@@ -58,8 +58,8 @@ _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _DECLARED_FAMILY = {
     "point": "point",
     "multipoint": "point",
-    "linestring": "linestring",
-    "multilinestring": "linestring",
+    "linestring": "line",
+    "multilinestring": "line",
     "polygon": "polygon",
     "multipolygon": "polygon",
 }
@@ -138,6 +138,11 @@ def plan_slices(params: dict[str, Any], store: BlobStore) -> tuple[dict[str, Any
         info = pyogrio.read_info(path, layer=layer.layer, **IN_PLACE_OPEN_OPTIONS)
     except GDAL_ERRORS as exc:
         raise _unreadable(exc, path, blob) from None
+    if info.get("driver") not in (None, "GPKG"):
+        raise PermanentTaskError(
+            f"'{blob}' was submitted with file_extension 'gpkg' (GeoPackage) but GDAL reads it as {info['driver']}; "
+            "submit it with the file_extension of its format"
+        )
     family = declared_family(info.get("geometry_type"))
     if family is None:
         return None

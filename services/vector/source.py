@@ -25,7 +25,7 @@ import shapely
 from core.errors import PermanentTaskError
 from infrastructure.blob import BlobStore
 from services.vector.formats import FORMAT_NAMES
-from services.vector.geojson_stream import SequenceInfo, to_sequence
+from services.vector.geojson_stream import IntegerOutOfRange, SequenceInfo, to_sequence
 
 # What GDAL raises for unreadable data (pyogrio's errors are RuntimeErrors).
 GDAL_ERRORS = (RuntimeError, OSError, ValueError)
@@ -36,7 +36,7 @@ TEMP_PREFIX = "geoetl-src-"  # the worker's download folder; its path never reac
 # (real vector data deflates 3-50:1; a run of one byte, the bomb's trick, about 1000:1).
 MAX_COMPRESSION_RATIO = 200
 RATIO_CHECK_BYTES = 100 * 1024**2
-_LOCAL_PATH = re.compile(r"(?:/vsizip/)?/\S*?" + TEMP_PREFIX + r"[^/\s]+/source\.[a-z]+")
+_LOCAL_PATH = re.compile(r"(?:/vsizip/)?/\S*?" + TEMP_PREFIX + r"[^/\s]+/source\.[a-z]+(?:\.zip)?")
 _IN_PLACE_PATH = re.compile(r"/vsiaz/[^\s'\"]+")  # a blob GDAL reads in place (slices.py)
 _GDAL_DRIVER_HINT = re.compile(r";? ?It might help to specify the correct driver explicitly.*$", re.S)
 
@@ -50,6 +50,7 @@ class LayerSource:
     label: str  # how messages name it
     where: str | None = None  # attribute filter (a GeoPackage slice's fid range)
     offset: int = 0  # features before this slice: keeps feature numbers in messages file-wide
+    opener: Any = None  # reads the layer instead of pyogrio.open_arrow (GeoParquet: geoparquet.opener)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Source:
     encoding: str | None = None
     crs: str | None = None  # converter_params.crs: wins over what the file declares
     feature_count: int = -1  # -1 when GDAL cannot tell without reading everything
+    encoding_used: str | None = None  # the DBF encoding text was decoded from (job result)
 
 
 def shapefile_stem(blob_name: str) -> str:
@@ -221,10 +223,15 @@ def _check_uncompressed(members: list[zipfile.ZipInfo], chosen: zipfile.ZipInfo,
     limit, nor, when big, by a ratio no real data reaches."""
     stem = chosen.filename.rsplit(".", 1)[0]
     read = [m for m in members if m.filename.rsplit(".", 1)[0] == stem]
+    _check_members(read, chosen.filename, blob_name, limit)
+
+
+def _check_members(read: list[zipfile.ZipInfo], name: str, blob_name: str, limit: int) -> None:
+    """The zip guards on the members GDAL will read as `name`."""
     total = sum(m.file_size for m in read)
     if total > limit:
         raise PermanentTaskError(
-            f"'{chosen.filename}' in '{blob_name}' inflates to {total} bytes, more than the limit of {limit} bytes"
+            f"'{name}' in '{blob_name}' inflates to {total} bytes, more than the limit of {limit} bytes"
         )
     for m in read:
         if m.flag_bits & 0x1:
@@ -303,7 +310,7 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
     kind = FORMAT_NAMES[ext]
     path = str(local)
     if ext in ("geojson", "json"):
-        streamed = _as_sequence(local)
+        streamed = _as_sequence(local, blob_name)
         if streamed is not None:
             sequence, info = streamed
             if info.features == 0:
@@ -315,6 +322,10 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
         src.layers = [LayerSource(path, None, f"{kind} '{blob_name}'")]
     elif ext == "shp":
         src.layers = [LayerSource(path, None, f"{kind} '{blob_name}'")]
+        cpg = local.with_suffix(".cpg")
+        with open(local.with_suffix(".dbf"), "rb") as f:
+            dbf_head = f.read(32)
+        _shapefile_encoding(src, cpg.read_bytes() if cpg.exists() else None, dbf_head)
     elif ext == "csv":
         src.open_options = _csv_options(local, blob_name, conv)
         src.layers = [LayerSource(path, None, f"CSV '{blob_name}'")]
@@ -335,13 +346,84 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
         _check_zipped_shapefile(local, members, member, blob_name)
         inner = f"/vsizip/{local}/{member.filename}"
         src.layers = [LayerSource(inner, None, f"Shapefile '{member.filename}' in '{blob_name}'")]
+        _shapefile_encoding(src, *_zipped_sidecars(local, members, member))
+    elif ext in _other_formats():
+        from services.vector.gdal_formats import open_other
+
+        return open_other(local, blob_name, ext, conv, max_inflated, src)
     else:
         raise PermanentTaskError(f"unsupported file_extension '{ext}'")
     src.feature_count = _count(src)
     return src
 
 
-def _as_sequence(local: Path) -> tuple[Path, SequenceInfo] | None:
+def _zipped_sidecars(local: Path, members: list[zipfile.ZipInfo], shp: zipfile.ZipInfo) -> tuple[bytes | None, bytes]:
+    """The zipped Shapefile's .cpg (None when absent) and the head of its .dbf."""
+    stem = shp.filename.rsplit(".", 1)[0]
+    cpg, dbf = None, b""
+    with zipfile.ZipFile(local) as zf:
+        for m in members:
+            if m.filename.rsplit(".", 1)[0] != stem:
+                continue
+            if m.filename.lower().endswith(".cpg") and m.file_size < 1024:
+                cpg = zf.read(m)
+            elif m.filename.lower().endswith(".dbf"):
+                with zf.open(m) as f:
+                    dbf = f.read(32)
+    return cpg, dbf
+
+
+# DBF language-driver ids (byte 29) and their code pages, as GDAL's Shapefile driver maps them (common ones)
+_LDID_CODE_PAGES = {
+    0x01: "CP437", 0x02: "CP850", 0x03: "CP1252", 0x04: "MacRoman", 0x08: "CP865", 0x09: "CP437", 0x0A: "CP850",
+    0x0B: "CP437", 0x0D: "CP437", 0x0E: "CP850", 0x0F: "CP437", 0x10: "CP850", 0x11: "CP437", 0x12: "CP850",
+    0x13: "CP932", 0x14: "CP850", 0x15: "CP437", 0x16: "CP850", 0x17: "CP865", 0x18: "CP437", 0x19: "CP437",
+    0x1A: "CP850", 0x1B: "CP437", 0x1C: "CP863", 0x1D: "CP850", 0x1F: "CP852", 0x22: "CP852", 0x23: "CP852",
+    0x24: "CP860", 0x25: "CP850", 0x26: "CP866", 0x37: "CP850", 0x40: "CP852", 0x4D: "CP936", 0x4E: "CP949",
+    0x4F: "CP950", 0x50: "CP874", 0x57: "ISO-8859-1", 0x58: "CP1252", 0x59: "CP1252", 0x64: "CP852",
+    0x65: "CP866", 0x66: "CP865", 0x67: "CP861", 0x6A: "CP737", 0x6B: "CP857", 0x6C: "CP863", 0x78: "CP950",
+    0x79: "CP949", 0x7A: "CP936", 0x7B: "CP932", 0x7C: "CP874", 0x86: "CP737", 0x87: "CP852", 0x88: "CP857",
+    0xC8: "CP1250", 0xC9: "CP1251", 0xCA: "CP1254", 0xCB: "CP1253", 0xCC: "CP1257",
+}
+
+
+def _shapefile_encoding(src: Source, cpg: bytes | None, dbf_head: bytes) -> None:
+    """The DBF's encoding as GDAL decides it: converter_params.encoding, else the .cpg, else the DBF's
+    language-driver byte, else ISO-8859-1. GDAL recodes to UTF-8 itself when it reports UTF-8 (a .cpg it
+    understood); otherwise (no .cpg: GDAL reports the language driver's code page or ISO-8859-1) pyogrio's
+    Arrow stream hands over the raw bytes, so the encoding is passed on explicitly."""
+    if src.encoding:
+        src.encoding_used = src.encoding
+        return
+    layer = src.layers[0]
+    try:
+        decided = str(pyogrio.read_info(layer.path, layer=layer.layer)["encoding"] or "ISO-8859-1")
+    except GDAL_ERRORS:
+        return  # reading the file says what is wrong with it
+    if decided.upper().replace("-", "") == "UTF8":  # GDAL recodes: from the .cpg, or the language driver
+        declared = (cpg or b"").decode("ascii", "replace").strip()
+        ldid = dbf_head[29] if len(dbf_head) > 29 else 0
+        if declared:
+            src.encoding_used = f"{declared} (.cpg)"
+        elif ldid:
+            src.encoding_used = f"{_LDID_CODE_PAGES.get(ldid, f'LDID {ldid:#04x}')} (DBF language driver)"
+        else:
+            src.encoding_used = "UTF-8"
+        return
+    src.encoding = decided
+    src.encoding_used = decided
+
+
+MAX_JSON_DEPTH_HINT = "nested JSON (deeper than Python's recursion limit, about 1000 levels)"
+
+
+def _other_formats() -> tuple[str, ...]:
+    from services.vector.gdal_formats import EXTENSIONS
+
+    return EXTENSIONS
+
+
+def _as_sequence(local: Path, blob_name: str) -> tuple[Path, SequenceInfo] | None:
     """A FeatureCollection rewritten as a GeoJSON text sequence, which GDAL streams; None when the
     document is something else (a single Feature, malformed JSON): GDAL then reads it, and says why not."""
     sequence = local.with_name(local.name + ".geojsons")
@@ -350,6 +432,14 @@ def _as_sequence(local: Path) -> tuple[Path, SequenceInfo] | None:
     except (ValueError, UnicodeDecodeError):  # NotAFeatureCollection and JSON errors are ValueErrors
         sequence.unlink(missing_ok=True)
         return None
+    except RecursionError:
+        sequence.unlink(missing_ok=True)
+        raise PermanentTaskError(
+            f"GeoJSON '{blob_name}' holds {MAX_JSON_DEPTH_HINT}; no geometry or property is nested that deep"
+        ) from None
+    except IntegerOutOfRange as exc:
+        sequence.unlink(missing_ok=True)
+        raise PermanentTaskError(f"GeoJSON '{blob_name}': {exc}") from None
 
 
 def _count(src: Source) -> int:

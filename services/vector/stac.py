@@ -13,6 +13,7 @@ import psycopg
 from psycopg import sql
 
 from config import get_settings
+from services.vector.columns import stac_column
 from services.vector.identifiers import GEOMETRY_COLUMN
 from services.vector.table import qualified
 
@@ -87,7 +88,7 @@ def build_item(params: dict[str, Any], row_count: int, bbox: list[float], period
         "table:columns": [
             {"name": "id", "type": "bigint", "description": "identity primary key"},
             {"name": GEOMETRY_COLUMN, "type": f"geometry({params['geometry_type']},4326)"},
-            *({"name": c["name"], "type": c["type"]} for c in params["columns"]),
+            *(stac_column(c) for c in params["columns"]),
         ],
     }
     if params.get("render_params"):
