@@ -17,6 +17,7 @@ import morecantile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from triggers.errors import error_body
+from triggers.serving.asgi_json import JsonRewrite, send_json
 
 DEFAULT_LIMIT = 1000  # items per page when the client names none (tipg: 10)
 MAX_LIMIT = 10000  # tipg's max_features_per_query
@@ -189,7 +190,7 @@ class FeaturesInterop:
             return
         parts = _relative(scope)
         if (why := tile_outside_matrix(parts)) is not None:
-            await _json(send, 404, error_body("not_found", why))
+            await send_json(send, 404, error_body("not_found", why))
             return
         if _is_items(parts) and scope["method"] == "POST":
             scope, receive = await self._post_as_get(scope, receive, send)
@@ -199,7 +200,7 @@ class FeaturesInterop:
             scope = _with_default_limit(scope)
         rewrite = _rewrite_for(parts) if scope["method"] == "GET" else None
         if rewrite is not None:
-            await self.app(scope, receive, _JsonRewrite(send, rewrite))
+            await self.app(scope, receive, JsonRewrite(send, rewrite))
             return
         await self.app(scope, receive, send)
 
@@ -211,14 +212,14 @@ class FeaturesInterop:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > MAX_POST_FILTER_BYTES:
-                await _json(send, 413, error_body("validation_error", "the filter body is too large"))
+                await send_json(send, 413, error_body("validation_error", "the filter body is too large"))
                 return None, receive
         try:
             expr = json.loads(body or b"null")
         except ValueError:
             expr = None
         if not (isinstance(expr, dict) and "op" in expr and "args" in expr):
-            await _json(send, 405, error_body("method_not_allowed", "POST here takes a CQL2 JSON filter only"),
+            await send_json(send, 405, error_body("method_not_allowed", "POST here takes a CQL2 JSON filter only"),
                         {"Allow": "GET, POST"})
             return None, receive
         query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode()) if k not in ("filter",
@@ -317,44 +318,3 @@ def _with_default_limit(scope: Scope) -> Scope:
     if any(k == "limit" for k, _ in query):
         return scope
     return {**scope, "query_string": urlencode([*query, ("limit", str(DEFAULT_LIMIT))]).encode()}
-
-
-async def _json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    data = json.dumps(body).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": data})
-
-
-class _JsonRewrite:
-    """Buffers a small JSON answer (uncompressed at this point) and rewrites it."""
-
-    def __init__(self, send: Send, rewrite: Any) -> None:
-        self.send = send
-        self.rewrite = rewrite
-        self.start: Message | None = None
-        self.body = b""
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            content_type = dict(message.get("headers", [])).get(b"content-type", b"")
-            if message["status"] == 200 and b"json" in content_type:
-                self.start = message
-                return
-            await self.send(message)
-            return
-        if self.start is None or message["type"] != "http.response.body":
-            await self.send(message)
-            return
-        self.body += message.get("body", b"")
-        if message.get("more_body", False):
-            return
-        try:
-            doc = json.loads(self.body)
-            body = json.dumps(self.rewrite(doc)).encode() if isinstance(doc, dict) else self.body
-        except ValueError:
-            body = self.body
-        headers = [(k, v) for k, v in self.start["headers"] if k.lower() != b"content-length"]
-        await self.send({**self.start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-        await self.send({"type": "http.response.body", "body": body})

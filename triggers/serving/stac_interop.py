@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from triggers.errors import error_body
+from triggers.serving.asgi_json import JsonRewrite, send_json
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -196,7 +197,7 @@ class StacInterop:
         if rewrite is None:
             await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, _JsonRewrite(send, rewrite))
+        await self.app(scope, receive, JsonRewrite(send, rewrite, geojson_media=True))
 
 
 def _footprint_query(scope: Scope, search: bool) -> Scope:
@@ -262,10 +263,7 @@ async def _footprint_body(receive: Receive) -> Receive:
 async def _bad_request(send: Send, message: str) -> None:
     """The project's error body in both conventions, as the STAC app's own handlers answer."""
     err = error_body("validation_error", message)
-    body = json.dumps(err | {"code": "BadRequest", "description": err["message"]}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 400, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, 400, err | {"code": "BadRequest", "description": err["message"]})
 
 
 def normalise_search_body(doc: dict[str, Any]) -> dict[str, Any]:
@@ -286,42 +284,3 @@ def normalise_search_body(doc: dict[str, Any]) -> dict[str, Any]:
     if "fields" in doc:
         doc["fields"] = fields_with_defaults(doc["fields"])
     return doc
-
-
-class _JsonRewrite:
-    """Buffers a JSON answer (STAC pages are small) and rewrites it."""
-
-    def __init__(self, send: Send, rewrite: Any) -> None:
-        self.send = send
-        self.rewrite = rewrite
-        self.start: Message | None = None
-        self.body = b""
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            content_type = dict(message.get("headers", [])).get(b"content-type", b"")
-            if b"json" in content_type and message["status"] == 200:
-                self.start = message
-                return
-            await self.send(message)
-            return
-        if self.start is None or message["type"] != "http.response.body":
-            await self.send(message)
-            return
-        self.body += message.get("body", b"")
-        if message.get("more_body", False):
-            return
-        media: bytes | None = None
-        try:
-            doc = self.rewrite(json.loads(self.body))
-            body = json.dumps(doc).encode()
-            if isinstance(doc, dict) and doc.get("type") in ("Feature", "FeatureCollection"):
-                media = b"application/geo+json"
-        except ValueError:
-            body = self.body
-        drop = (b"content-length", b"content-type") if media else (b"content-length",)
-        headers = [(k, v) for k, v in self.start["headers"] if k.lower() not in drop]
-        if media:
-            headers.append((b"content-type", media))
-        await self.send({**self.start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-        await self.send({"type": "http.response.body", "body": body})
