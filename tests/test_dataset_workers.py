@@ -104,13 +104,13 @@ def test_cancel_mid_copy_stops_the_copy_leaves_nothing_and_runs_again(db, worker
 
 
 def scribbles_csv(batches: int, per_batch: int = 10_000, slow_per_batch: int = 10) -> bytes:
-    """Squares, with a few self-intersecting 100-vertex scribbles in every GDAL batch: repairing one
-    scribble takes about half a second, so repairing the file takes about 5 s per batch."""
+    """Squares, with a few self-intersecting 400-vertex scribbles in every GDAL batch: repairing one
+    (make_valid, 'structure') takes about a third of a second, so about 3-4 s per batch."""
     rng = np.random.default_rng(7)
     lines = ["n,wkt"]
     for i in range(batches * per_batch):
         if i % per_batch < slow_per_batch:
-            pts = rng.random((100, 2)) * 0.5 + [(i % 300) * 0.5 - 75, 10]
+            pts = rng.random((400, 2)) * 0.5 + [(i % 300) * 0.5 - 75, 10]
             geom = shapely.Polygon(np.vstack([pts, pts[:1]]))
         else:
             x, y = (i % 1000) * 0.01, (i // 1000) * 0.01
@@ -120,28 +120,30 @@ def scribbles_csv(batches: int, per_batch: int = 10_000, slow_per_batch: int = 1
 
 
 def test_cancel_mid_repair_stops_between_batches_and_leaves_nothing(db, workers, api_server, nonce):
+    """Repairs run in stage 2, each load task repairing its own chunk batch by batch: a cancel stops the
+    running one at its next batch, drops the others, and publishes nothing."""
     table = f"cxr_{nonce}"
-    blob = vf.upload(f"{nonce}/scribbles.csv", scribbles_csv(batches=16))  # about 80 s of repairs
+    blob = vf.upload(f"{nonce}/scribbles.csv", scribbles_csv(batches=16))  # about a minute of repairs
     job_id = submit_job("ingest_vector", {"blob_name": blob, "file_extension": "csv", "table_name": table,
                                           "converter_params": {"wkt_column": "wkt"}}).job_id
     workers.start(1, concurrency=1)
 
     def repairing() -> bool:
-        row = db.execute("SELECT status, started_at FROM app.tasks WHERE parent_job_id = %s AND stage = 1",
-                         [job_id]).fetchone()
-        return bool(row) and row["status"] == "processing"
+        rows = db.execute("SELECT progress FROM app.tasks WHERE parent_job_id = %s AND stage = 2"
+                          " AND status = 'processing'", [job_id]).fetchall()
+        return any((r["progress"] or {}).get("features_repaired", 0) > 0 for r in rows)
 
-    wait_until(repairing, 60, "stage 1 running")
-    time.sleep(4)  # well into the repairs
+    wait_until(repairing, 120, "a stage-2 task repairing")
     r = requests.post(f"{api_server}/jobs/{job_id}/cancel", timeout=30)
     assert r.status_code == 200, r.text
-    assert r.json()["stage"] == 1 and r.json()["tasks_stopping"] == 1
+    assert r.json()["stage"] == 2 and r.json()["tasks_stopping"] == 1
     wait_until(lambda: cleaned(db, job_id), 40, "the repair stopped and the job cleaned up")
-    task = db.execute("SELECT status, result_data FROM app.tasks WHERE parent_job_id = %s AND stage = 1",
-                      [job_id]).fetchone()
-    assert task["status"] == "cancelled" and task["result_data"] is None  # stopped, never completed
-    assert vf.job_row(db, job_id)["stage"] == 1 and vf.job_row(db, job_id)["status"] == "cancelled"
-    assert db.execute("SELECT count(*) AS n FROM app.tasks WHERE parent_job_id = %s AND stage > 1",
+    tasks = db.execute("SELECT status, result_data FROM app.tasks WHERE parent_job_id = %s AND stage = 2",
+                       [job_id]).fetchall()
+    unfinished = [t for t in tasks if t["status"] != "completed"]
+    assert unfinished and all(t["status"] == "cancelled" and t["result_data"] is None for t in unfinished)
+    assert vf.job_row(db, job_id)["stage"] == 2 and vf.job_row(db, job_id)["status"] == "cancelled"
+    assert db.execute("SELECT count(*) AS n FROM app.tasks WHERE parent_job_id = %s AND stage > 2",
                       [job_id]).fetchone()["n"] == 0
     assert leftovers(db, job_id, table) == NOTHING
 
