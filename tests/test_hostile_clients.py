@@ -196,6 +196,9 @@ def test_features_cases_answer_4xx_json(served: dict[str, Any]) -> None:
     assert_error(requests.get(f"{api}/jobs", params={"job_type": "a\x00b"}, timeout=30), 400)
     long_name = requests.get(f"{api}/vector/viewer", params={"collection": "n" * 100_000}, timeout=30)
     assert long_name.status_code == 404 and len(long_name.content) < 5000  # quotes a bounded prefix
+    # short in characters, longer than PostgreSQL's 63-byte identifiers in UTF-8 (found by schemathesis)
+    wide = requests.get(f"{api}/vector/viewer", params={"collection": "\U00010000" * 20}, timeout=30)
+    assert wide.status_code == 404, wide.text[:300]
     assert served["proc"].poll() is None
 
 

@@ -35,6 +35,9 @@ class Layer:
         return f"{self.schema}.{self.table}"
 
 
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+
+
 async def _find_table(conn: asyncpg.Connection, name: str, schemas: list[str]) -> tuple[str, str] | None:
     """(schema, table) for T or schema.T, looking only in the served schemas, in their order."""
     if "." in name:
@@ -44,6 +47,8 @@ async def _find_table(conn: asyncpg.Connection, name: str, schemas: list[str]) -
         candidates = [schema]
     else:
         table, candidates = name, schemas
+    if len(table.encode()) > MAX_IDENTIFIER_BYTES:  # no such table, and PostgreSQL refuses the longer name
+        return None
     row = await conn.fetchrow(
         "SELECT n.nspname AS schema, c.relname AS table FROM pg_class c"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"
