@@ -57,6 +57,7 @@ class CatalogKeeper:
         self.refreshed_at = 0.0
         self.checked_at = 0.0
         self.refreshes = 0
+        self.invalidations = 0  # counts invalidate() calls: a request can tell one happened while it ran
         self._lock = asyncio.Lock()
 
     @property
@@ -92,6 +93,7 @@ class CatalogKeeper:
     def invalidate(self) -> None:
         """Make the next request check the generation (a table vanished under us)."""
         self.checked_at = 0.0
+        self.invalidations += 1
 
     async def ensure_fresh(self, *, force_check: bool = False) -> None:
         """Rebuild when the generation moved or the TTL passed; checks are throttled unless forced."""

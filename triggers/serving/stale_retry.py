@@ -30,6 +30,7 @@ class StaleCatalogRetry:
             await self.app(scope, receive, send)
             return
         original = dict(scope)
+        invalidations = self.keeper.invalidations
         held: list[Message] = []
         passing = False
 
@@ -45,7 +46,9 @@ class StaleCatalogRetry:
         await self.app(scope, receive, first_send)
         if passing:
             return
-        if self.keeper.checked_at == 0.0 and self.keeper.generation is not None:  # met a vanished table/column
+        # met a vanished table or column: the error handler invalidated the catalog while this request ran
+        # (counted, not read off checked_at, which a concurrent request's check may already have reset)
+        if self.keeper.invalidations != invalidations and self.keeper.generation is not None:
             try:
                 await self.keeper.ensure_fresh(force_check=True)
             except Exception:  # no fresher catalog now: the first answer stands
