@@ -14,8 +14,6 @@ difference is the serving overhead: HTTP, JSON/MVT encoding, catalog checks.
 Only the section "## Serving" of --out is replaced; the rest of the report is left as it is.
 """
 
-# ruff: noqa: S608 - the statements are this benchmark's own constants; the one identifier, the table
-# name, is quoted by psycopg (sql.Identifier) before it is placed in them.
 from __future__ import annotations
 
 import argparse
@@ -90,36 +88,43 @@ def requests_for(rows: int) -> dict[str, tuple[str, dict[str, str]]]:
     }
 
 
-def sql_for(conn: psycopg.Connection, rows: int) -> dict[str, list[str]]:
+def sql_for(conn: psycopg.Connection, rows: int) -> dict[str, list[sql.Composable]]:
     """The statements the serving layer runs for each request (count where it counts, then the page)."""
-    t = sql.Identifier("geo", table_name(rows)).as_string(conn)
+    t = sql.Identifier("geo", table_name(rows))
     big = rows > 100_000  # tipg_patches.COUNT_EXACT_MAX_ROWS
-    cols = "SELECT id, rank, cat, observed, CAST(ST_AsGeoJSON(geom) AS json)"
-    box = f"ST_GeomFromGeoJSON('{json.dumps(_polygon(BBOX))}')"
-    bbox_where = f"WHERE st_intersects(geom, {box})"
+    cols = sql.SQL("SELECT id, rank, cat, observed, CAST(ST_AsGeoJSON(geom) AS json)")
+    box = sql.SQL("ST_GeomFromGeoJSON({})").format(sql.Literal(json.dumps(_polygon(BBOX))))
+    bbox_where = sql.SQL("WHERE st_intersects(geom, {})").format(box)
     z, x, y = TILE
-    env = f"ST_TileEnvelope({z}, {x}, {y})"
-    in_tile = f"WHERE st_intersects(geom, ST_Transform({env}, 4326))"
-    tile_count = f"SELECT count(*) FROM (SELECT 1 FROM {t} {in_tile} LIMIT 10001) s"
+    env = sql.SQL("ST_TileEnvelope({}, {}, {})").format(sql.Literal(z), sql.Literal(x), sql.Literal(y))
+    in_tile = sql.SQL("WHERE st_intersects(geom, ST_Transform({}, 4326))").format(env)
+    tile_count = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {t} {w} LIMIT 10001) s").format(t=t, w=in_tile)
     counted = conn.execute(tile_count).fetchone()
     if counted is not None and counted[0] > 10_000:  # over the budget: one point per cell of a 64 x 64 grid
-        cell = f"((ST_XMax({env}) - ST_XMin({env})) / 64)"
-        tile = (f"SELECT ST_AsMVT(t.*, 'default') FROM (SELECT ST_AsMVTGeom(ST_SetSRID(ST_MakePoint(avg(x), avg(y)),"
-                f" 3857), {env}, 4096, 256, true) AS geom, count(*)::int AS point_count FROM (SELECT ST_X(g) AS x,"
-                f" ST_Y(g) AS y FROM (SELECT ST_Transform(geom, 3857) AS g FROM {t} {in_tile}) s0) s"
-                f" GROUP BY floor((x - ST_XMin({env})) / {cell})::int, floor((y - ST_YMin({env})) / {cell})::int) t"
-                " WHERE geom IS NOT NULL")
+        tile = sql.SQL(
+            "SELECT ST_AsMVT(t.*, 'default') FROM (SELECT ST_AsMVTGeom(ST_SetSRID(ST_MakePoint(avg(x), avg(y)),"
+            " 3857), {env}, 4096, 256, true) AS geom, count(*)::int AS point_count FROM (SELECT ST_X(g) AS x,"
+            " ST_Y(g) AS y FROM (SELECT ST_Transform(geom, 3857) AS g FROM {t} {w}) s0) s"
+            " GROUP BY floor((x - ST_XMin({env})) / {cell})::int, floor((y - ST_YMin({env})) / {cell})::int) t"
+            " WHERE geom IS NOT NULL"
+        ).format(env=env, t=t, w=in_tile, cell=sql.SQL("((ST_XMax({e}) - ST_XMin({e})) / 64)").format(e=env))
     else:
-        tile = (f"SELECT ST_AsMVT(t.*, 'default') FROM (SELECT id, rank, cat, observed, ST_AsMVTGeom(ST_Transform("
-                f"geom, 3857), {env}, 4096, 256, true) AS geom FROM {t} {in_tile} ORDER BY id LIMIT 10000) t")
+        tile = sql.SQL(
+            "SELECT ST_AsMVT(t.*, 'default') FROM (SELECT id, rank, cat, observed, ST_AsMVTGeom(ST_Transform("
+            "geom, 3857), {env}, 4096, 256, true) AS geom FROM {t} {w} ORDER BY id LIMIT 10000) t"
+        ).format(env=env, t=t, w=in_tile)
     filtered_counted = not big  # no index on rank: a count would scan the table, so large tables skip it
+
+    def q(template: str, where: sql.Composable = sql.SQL("")) -> sql.Composable:
+        return sql.SQL(template).format(cols=cols, t=t, w=where)
+
     return {
-        "items page (limit=100)": ([] if big else [f"SELECT count(*) FROM {t}"])
-        + [f"{cols} FROM {t} ORDER BY id LIMIT 101"],
-        "bbox query (limit=100)": [f"SELECT count(*) FROM {t} {bbox_where}",
-                                   f"{cols} FROM {t} {bbox_where} ORDER BY id LIMIT 101"],
-        "CQL2 filter (limit=100)": ([f"SELECT count(*) FROM {t} WHERE rank = 5"] if filtered_counted else [])
-        + [f"{cols} FROM {t} WHERE rank = 5 ORDER BY id LIMIT 101"],
+        "items page (limit=100)": ([] if big else [q("SELECT count(*) FROM {t}")])
+        + [q("{cols} FROM {t} ORDER BY id LIMIT 101")],
+        "bbox query (limit=100)": [q("SELECT count(*) FROM {t} {w}", bbox_where),
+                                   q("{cols} FROM {t} {w} ORDER BY id LIMIT 101", bbox_where)],
+        "CQL2 filter (limit=100)": ([q("SELECT count(*) FROM {t} WHERE rank = 5")] if filtered_counted else [])
+        + [q("{cols} FROM {t} WHERE rank = 5 ORDER BY id LIMIT 101")],
         f"tile z{z} ({z}/{x}/{y})": [tile_count, tile],
     }
 
@@ -150,14 +155,14 @@ def time_http(base: str, path: str, params: dict[str, str], n: int) -> dict[str,
     return {**percentiles(samples), "bytes": size}
 
 
-def time_sql(conn: psycopg.Connection, statements: list[str], n: int) -> dict[str, Any]:
+def time_sql(conn: psycopg.Connection, statements: list[sql.Composable], n: int) -> dict[str, Any]:
     conn.execute("SET jit = off")  # as the serving pools run (triggers/serving/settings.py)
     conn.execute("SET max_parallel_workers_per_gather = 0")
     samples = []
     for i in range(n + 3):
         total = 0.0
         for statement in statements:
-            plan = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}").fetchone()
+            plan = conn.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(statement)).fetchone()
             assert plan is not None
             doc = plan[0] if not isinstance(plan[0], str) else json.loads(plan[0])
             total += float(doc[0]["Execution Time"]) + float(doc[0]["Planning Time"])
