@@ -94,15 +94,7 @@ async def _features(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
         raise InvalidGeometryColumnName(f"Invalid Geometry Column: {geom}.")
     if limit > features_settings.max_features_per_query:
         raise InvalidLimit(f"Limit can not be set higher than {features_settings.max_features_per_query}")
-    where = self.cql_where(
-        ids=kwargs.get("ids_filter"),
-        datetime=kwargs.get("datetime_filter"),
-        bbox=kwargs.get("bbox_filter"),
-        properties=kwargs.get("properties_filter"),
-        cql=kwargs.get("cql_filter"),
-        geom=geom,
-        dt=kwargs.get("dt"),
-    )
+    where = _where(self, kwargs)
     matched: int | None = None
     if await _count_is_cheap(self, conn, where):
         matched = await self._features_count_query(conn, where=where, function_parameters=function_parameters)
@@ -134,11 +126,9 @@ async def _features(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
     )
 
 
-def _tile_query_parts(self: PgCollection, kwargs: dict[str, Any]) -> tuple[Any, Any]:
-    geometry_column = self.get_geometry_column(kwargs.get("geom"))
-    if not geometry_column:
-        raise InvalidGeometryColumnName(f"Invalid Geometry Column Name {kwargs.get('geom')}")
-    where = self.cql_where(
+def _where(self: PgCollection, kwargs: dict[str, Any], **extra: Any) -> Any:
+    """tipg's WHERE clause from the request's filters, as both the items and the tile queries build it."""
+    return self.cql_where(
         ids=kwargs.get("ids_filter"),
         datetime=kwargs.get("datetime_filter"),
         bbox=kwargs.get("bbox_filter"),
@@ -146,10 +136,15 @@ def _tile_query_parts(self: PgCollection, kwargs: dict[str, Any]) -> tuple[Any, 
         cql=kwargs.get("cql_filter"),
         geom=kwargs.get("geom"),
         dt=kwargs.get("dt"),
-        tms=kwargs["tms"],
-        tile=kwargs["tile"],
+        **extra,
     )
-    return geometry_column, where
+
+
+def _tile_query_parts(self: PgCollection, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    geometry_column = self.get_geometry_column(kwargs.get("geom"))
+    if not geometry_column:
+        raise InvalidGeometryColumnName(f"Invalid Geometry Column Name {kwargs.get('geom')}")
+    return geometry_column, _where(self, kwargs, tms=kwargs["tms"], tile=kwargs["tile"])
 
 
 async def _get_tile(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any) -> bytes:
