@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     max_source_bytes: int = Field(
         10 * 1024**3, description="Source files larger than this are refused at submit (bytes)."
     )
+    tile_overview_min_rows: int = Field(
+        1_000_000,
+        ge=0,
+        description="Point tables of at least this many rows get their crowded low-zoom vector tiles "
+        "aggregated once at publish (app.tile_overviews) instead of on every request.",
+    )
     repair_seconds_per_feature: float = Field(
         300.0, gt=0, description="Time budget to repair one invalid geometry; a feature that needs more fails the "
         "job naming it (geometry_params.invalid \"keep\" loads it as it is)."

@@ -432,6 +432,7 @@ class IngestVectorJob(JobBase):
                 "source_etag": params.get("source_etag"),
             },
             "indexes": stac.get("indexes"),
+            "tile_overview": stac.get("tile_overview"),  # crowded tiles aggregated at publish (large point tables)
             "ogc_features_url": settings.ogc_features_url(schema, table),
             "tiles_url": tiles_url(schema, table),
             "viewer_url": settings.viewer_url(table),

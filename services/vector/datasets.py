@@ -16,6 +16,7 @@ from psycopg import sql
 
 from config import get_settings
 from core.errors import ConflictError, ResourceNotFoundError
+from services.vector.overviews import drop_stale_overviews, forget_table_overview
 from services.vector.publish import lock_target
 from services.vector.stac import delete_item, get_item, tiles_url
 from services.vector.table import STAGING_SCHEMA, parse_owner, qualified, table_owner
@@ -110,6 +111,7 @@ def delete_dataset(conn: psycopg.Connection, schema: str, table: str) -> dict[st
         raise ResourceNotFoundError(f"no dataset {schema}.{table}")
     rows = ((item or {}).get("properties") or {}).get("table:row_count")
     if exists:
+        forget_table_overview(conn, qualified(schema, table))
         try:
             with conn.transaction():
                 conn.execute(sql.SQL("DROP TABLE {}").format(qualified(schema, table)))
@@ -152,7 +154,13 @@ def reconcile_catalog(conn: psycopg.Connection) -> dict[str, int]:
                     log.warning("removed STAC item %s: its table %s.%s no longer exists", row["id"], schema, table)
         except psycopg.errors.LockNotAvailable:
             log.info("STAC item %s is busy; reconciled on the next run", row["id"])
-    return {"stac_items_removed": removed, "staging_tables_dropped": _drop_stale_staging(conn)}
+    with conn.transaction():
+        overviews = drop_stale_overviews(conn)
+    return {
+        "stac_items_removed": removed,
+        "staging_tables_dropped": _drop_stale_staging(conn),
+        "tile_overviews_removed": overviews,
+    }
 
 
 def _drop_stale_staging(conn: psycopg.Connection) -> int:

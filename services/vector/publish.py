@@ -23,9 +23,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from config import get_settings
 from core.errors import PermanentTaskError
 from services.context import TaskContext
 from services.vector.identifiers import GEOMETRY_COLUMN, ID_COLUMN
+from services.vector.overviews import build_overview, forget_table_overview, record_owner
 from services.vector.stac import build_item, lock_collection, table_extent, temporal_range
 from services.vector.table import (
     STAGING_SCHEMA,
@@ -156,6 +158,7 @@ def _move_into(conn: psycopg.Connection, staging: str, schema: str, table: str, 
 
 
 def _drop_previous(conn: psycopg.Connection, schema: str, table: str) -> None:
+    forget_table_overview(conn, qualified(schema, table))
     try:
         with conn.transaction():
             conn.execute(sql.SQL("DROP TABLE {}").format(qualified(schema, table)))
@@ -193,6 +196,14 @@ def publish_vector_table(params: dict[str, Any], ctx: TaskContext) -> dict[str, 
     index_seconds = time.monotonic() - t0
     if bbox is None:
         raise ValueError(f"table {STAGING_SCHEMA}.{staging} is empty; nothing to publish")
+    overview_min_rows = get_settings().tile_overview_min_rows
+
+    def overview(in_schema: str, name: str, rows: int) -> dict[str, Any] | None:
+        kind = geometry_type_of(table_columns(conn, in_schema, name))
+        return build_overview(conn, qualified(in_schema, name), kind, rows, min_rows=overview_min_rows)
+
+    # tiles of a new version are aggregated before the lock, while readers use the old one
+    tile_overview = overview(STAGING_SCHEMA, staging, staged_rows) if indexed else None
 
     # The publishing section: from here to the task's commit, the target is locked (briefly).
     t1 = time.monotonic()
@@ -209,6 +220,7 @@ def publish_vector_table(params: dict[str, Any], ctx: TaskContext) -> dict[str, 
         _index_missing_columns(conn, schema, table, [*attributes, *temporal])
         row_count, bbox = table_extent(conn, schema, table)
         period = temporal_range(conn, schema, table, temporal)
+        tile_overview = overview(schema, table, row_count)  # readers are not blocked by the appended rows
         columns = table_columns(conn, schema, table)
         item_params["geometry_type"] = geometry_type_of(columns)
         item_params["columns"] = [{"name": c, "type": t} for c, t in columns.items() if c != GEOMETRY_COLUMN]
@@ -217,6 +229,7 @@ def publish_vector_table(params: dict[str, Any], ctx: TaskContext) -> dict[str, 
         if not indexed:  # append to a table deleted since the check above: published as a new one
             index_staging()
             period = temporal_range(conn, STAGING_SCHEMA, staging, temporal)
+            tile_overview = overview(STAGING_SCHEMA, staging, staged_rows)
         if exists:
             _drop_previous(conn, schema, table)
         _move_into(conn, staging, schema, table, index_suffixes(spatial, attributes, temporal))
@@ -227,6 +240,7 @@ def publish_vector_table(params: dict[str, Any], ctx: TaskContext) -> dict[str, 
         conn, schema, table, ctx.job_id, ctx.run,
         state="published", version=version, source_etag=source_etag, if_exists=mode,
     )
+    record_owner(conn, qualified(schema, table))  # the overview serves this version, and no other
     item_params |= {"version": version, "source_etag": source_etag, "if_exists": mode}
     item = build_item(item_params, row_count, bbox, period)
     conn.execute("SELECT pgstac.upsert_item(%s::jsonb)", [json.dumps(item)])
@@ -244,6 +258,7 @@ def publish_vector_table(params: dict[str, Any], ctx: TaskContext) -> dict[str, 
         "version": version,
         "previous_job_id": owner.get("job_id") if exists and owner else None,
         "index_seconds": round(index_seconds, 3),
+        "tile_overview": tile_overview,
         "publish_seconds": round(time.monotonic() - t1, 3),
         "seconds": round(time.monotonic() - started, 3),
     }

@@ -14,7 +14,9 @@ Each one is small and keeps tipg's own signatures, so it can be dropped when tip
 - vector tiles: tipg cuts a tile at `max_features_per_tile` rows, silently. Here a tile over
   the budget (TILE_FEATURE_BUDGET) degrades instead: points are aggregated into one point per
   grid cell (64 x 64 cells per tile) with a `point_count`, lines and polygons are simplified to the tile's pixel
-  size; nothing is dropped. A tile within the budget is exactly tipg's.
+  size; nothing is dropped. A tile within the budget is exactly tipg's. An unfiltered WebMercatorQuad
+  tile of a large point table comes from its overview (services/vector/overviews.py) when one was
+  built: the same cells and counts, aggregated once at publish instead of on every request.
 - conformance: tipg declares the `oas30` classes while FastAPI serves an OpenAPI 3.1
   document; they are not declared (no OGC class covers 3.1 yet).
 """
@@ -32,11 +34,21 @@ from tipg.collections import Feature, ItemList, PgCollection, features_settings,
 from tipg.errors import InvalidGeometryColumnName, InvalidLimit
 from tipg.resources.response import orjsonDumps
 
+from services.vector.overviews import (
+    CELL_BITS,
+    POINT_TYPES,
+    TILE_FEATURE_BUDGET,
+    cell_index_sql,
+    mercator_points_sql,
+    point_expression,
+)
+
 COUNT_EXACT_MAX_ROWS = 100_000  # unfiltered pages of larger tables omit numberMatched
-TILE_FEATURE_BUDGET = 10_000  # features a tile holds as they are; above, it degrades
 TILE_HARD_LIMIT = 1_000_000  # what tipg's own per-tile check may let through (ours decides)
-CLUSTER_CELLS = 64  # an aggregated tile has at most 64 x 64 points (cells of 4 px on a 256 px tile)
-POINT_TYPES = {"point", "multipoint"}
+OVERVIEW_TMS = "WebMercatorQuad"  # the grid overviews are built on
+# request filters: any of them set means the tile is not the table's plain overview tile
+TILE_FILTERS = ("ids_filter", "bbox_filter", "datetime_filter", "properties_filter", "cql_filter", "dt",
+                "function_parameters")
 
 # set by the count below, read by the response's render (same request task)
 _omit_matched: contextvars.ContextVar[bool] = contextvars.ContextVar("geoetl_omit_matched", default=False)
@@ -147,11 +159,18 @@ def _tile_query_parts(self: PgCollection, kwargs: dict[str, Any]) -> tuple[Any, 
     return geometry_column, _where(self, kwargs, tms=kwargs["tms"], tile=kwargs["tile"])
 
 
+def _tile_layer(self: PgCollection) -> str:
+    return self.table if mvt_settings.set_mvt_layername is True else "default"
+
+
 async def _get_tile(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any) -> bytes:
     """tipg's tile when it holds at most the budget (or the client set `limit`); degraded otherwise."""
     if kwargs.get("limit") or self.type == "Function":
         return await _original_get_tile(self, conn, **kwargs)
     geometry_column, where = _tile_query_parts(self, kwargs)
+    stored = await _overview_tile(self, conn, geometry_column, kwargs)
+    if stored is not None:
+        return stored
     # as in tipg: the name comes from the catalog, quoted; the WHERE clause is rendered by cql2
     count_sql = (
         f"SELECT count(*) FROM (SELECT 1 FROM {self._qualified_name} {self._where_clause(where)}"  # noqa: S608
@@ -161,9 +180,8 @@ async def _get_tile(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
         return await _original_get_tile(self, conn, **{**kwargs, "limit": TILE_FEATURE_BUDGET})
     tms, tile = kwargs["tms"], kwargs["tile"]
     tms_srid = tms.crs.to_epsg()
-    bounds = tms.xy_bounds(tile)
     if geometry_column.geometry_type.lower() in POINT_TYPES and tms_srid:
-        return await _clustered_tile(self, conn, geometry_column, where, tms_srid, bounds)
+        return await _clustered_tile(self, conn, geometry_column, where, tms, tile)
     # a pixel of this tile, in the column's units (degrees for the 4326 tables geoetl writes)
     west, _, east, _ = tms.bounds(tile)
     pixel = (east - west) / mvt_settings.tile_resolution
@@ -172,28 +190,66 @@ async def _get_tile(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
     )
 
 
+async def _overview_tile(
+    self: PgCollection, conn: asyncpg.Connection, geometry_column: Any, kwargs: dict[str, Any]
+) -> bytes | None:
+    """The tile aggregated at publish, for a plain request of a table that has one (None: compute it)."""
+    if (
+        kwargs["tms"].id != OVERVIEW_TMS
+        or any(kwargs.get(name) for name in TILE_FILTERS)
+        or geometry_column.geometry_type.lower() not in POINT_TYPES
+    ):
+        return None
+    tile = kwargs["tile"]
+    try:
+        mvt = await conn.fetchval(
+            "SELECT o.mvt FROM app.tile_overview_sets s JOIN app.tile_overviews o USING (table_oid)"
+            " WHERE s.table_oid = to_regclass($1)::oid AND s.table_comment = obj_description(s.table_oid, 'pg_class')"
+            " AND s.layer = $2 AND s.extent = $3 AND s.buffer = $4 AND s.budget = $5"
+            " AND o.z = $6 AND o.x = $7 AND o.y = $8",
+            self._qualified_name, _tile_layer(self), int(mvt_settings.tile_resolution),
+            int(mvt_settings.tile_buffer), TILE_FEATURE_BUDGET, tile.z, tile.x, tile.y,
+        )
+    except asyncpg.UndefinedTableError:  # a database without geoetl's app schema: tiles are computed
+        return None
+    return None if mvt is None else bytes(mvt)
+
+
 async def _clustered_tile(
-    self: PgCollection, conn: asyncpg.Connection, column_info: Any, where: Any, srid: int, bounds: Any
+    self: PgCollection, conn: asyncpg.Connection, column_info: Any, where: Any, tms: Any, tile: Any
 ) -> bytes:
-    """One point per grid cell, at the mean of its points, with their number as point_count."""
-    cell = (bounds.right - bounds.left) / CLUSTER_CELLS
-    geom, geometry_type = column_info.name, column_info.geometry_type.lower()
-    column = f"ST_Transform(CAST({tipg_collections._quote_ident(geom)} AS geometry), {srid})"
-    if geometry_type != "point":
-        column = f"ST_Centroid({column})"
-    envelope = f"ST_MakeEnvelope({bounds.left}, {bounds.bottom}, {bounds.right}, {bounds.top}, {srid})"
-    layer = self.table if mvt_settings.set_mvt_layername is True else "default"
+    """One point per grid cell, at the mean of its points, with their number as point_count.
+
+    On WebMercatorQuad (lon/lat columns) the cells are numbered on the world's grid of this zoom
+    exactly as the overviews number them (same SQL text), and only the tile's own 64 x 64 cells
+    count: a point on the edge between two tiles is in one of them. Other grids and columns
+    number cells from the tile's corner.
+    """
+    bounds = tms.xy_bounds(tile)
+    srid = tms.crs.to_epsg()
+    column = tipg_collections._quote_ident(column_info.name)
     # names from the catalog (quoted), WHERE from cql2, numbers from the TMS
+    source = f"FROM {self._qualified_name} {self._where_clause(where)}"
+    if tms.id == OVERVIEW_TMS and column_info.srid == 4326:
+        level = tile.z + CELL_BITS
+        south_row = (1 << tile.z) - 1 - tile.y  # tiles count rows from the north, cells from the south
+        points = mercator_points_sql(column_info.geometry_type, column, source)
+        cx, cy = cell_index_sql("x", level), cell_index_sql("y", level)
+        mine = f" WHERE {cx} >> {CELL_BITS} = {int(tile.x)} AND {cy} >> {CELL_BITS} = {int(south_row)}"
+    else:
+        cell = (bounds.right - bounds.left) / (1 << CELL_BITS)
+        point = point_expression(column_info.geometry_type, column)
+        points = f"SELECT ST_X(g) AS x, ST_Y(g) AS y FROM (SELECT ST_Transform({point}, {srid}) AS g {source}) s0"  # noqa: S608
+        cx, cy = f"floor((x - {bounds.left}) / {cell})::int", f"floor((y - {bounds.bottom}) / {cell})::int"
+        mine = ""
+    envelope = f"ST_MakeEnvelope({bounds.left}, {bounds.bottom}, {bounds.right}, {bounds.top}, {srid})"
     sql = (
         "WITH t AS (SELECT ST_AsMVTGeom(ST_SetSRID(ST_MakePoint(avg(x), avg(y)), "  # noqa: S608
         f"{srid}), {envelope}, {int(mvt_settings.tile_resolution)}, {int(mvt_settings.tile_buffer)}, TRUE) AS geom,"
-        " count(*)::int AS point_count"
-        f" FROM (SELECT ST_X(g) AS x, ST_Y(g) AS y FROM (SELECT {column} AS g FROM {self._qualified_name}"
-        f" {self._where_clause(where)}) s0) s"
-        f" GROUP BY floor((x - {bounds.left}) / {cell})::int, floor((y - {bounds.bottom}) / {cell})::int)"
+        f" count(*)::int AS point_count FROM ({points}) s{mine} GROUP BY {cx}, {cy})"
         " SELECT ST_AsMVT(t.*, $1) FROM t WHERE geom IS NOT NULL"
     )
-    return bytes(await conn.fetchval(sql, layer))
+    return bytes(await conn.fetchval(sql, _tile_layer(self)))
 
 
 class _GeoJSONResponse(tipg_factory.GeoJSONResponse):
