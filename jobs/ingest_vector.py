@@ -7,8 +7,10 @@ Stage 2 (fan-out) upload_chunks       staging table created once (setup_stage), 
                                       reads its chunk or slice, repairs invalid geometries
                                       (geometry_params.invalid, a time budget per feature) and COPYs into
                                       the staging table, updating its progress as it goes
-Stage 3 (single)  create_stac_record  indexes and ANALYZE in staging, then publish in one transaction:
-                                      move (or append) into the target, owner comment, STAC item (publish.py)
+Stage 3 (single)  create_stac_record  indexes and ANALYZE in staging (and, for a point table of
+                                      TILE_OVERVIEW_MIN_ROWS rows, its crowded tiles: overviews.py), then publish
+                                      in one transaction: move (or append) into the target, owner comment,
+                                      STAC item (publish.py)
 
 Policies (the user-visible decisions):
 - Geometry column type comes from every feature: one family -> Multi* of it (Polygon + MultiPolygon ->

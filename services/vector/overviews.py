@@ -80,7 +80,7 @@ def mercator_points_sql(geometry_type: str, column: str, source: str) -> str:
     return (  # column: quoted by the caller; source: composed by the caller (psycopg.sql or tipg's quoting)
         f"SELECT lon * {METRES_PER_DEGREE!r} AS x, ln(tan(radians(45 + lat / 2))) * {EARTH_RADIUS!r} AS y"  # noqa: S608
         f" FROM (SELECT ST_X(p) AS lon, ST_Y(p) AS lat FROM (SELECT {point} AS p {source} OFFSET 0) s0) s1"
-        f" WHERE abs(lat) <= {MAX_LATITUDE!r}"
+        f" WHERE abs(lat) <= {MAX_LATITUDE!r} AND abs(lon) <= 180"  # NaN fails both
     )
 
 
