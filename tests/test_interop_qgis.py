@@ -156,7 +156,10 @@ def test_qgis_draws_the_vector_tiles_from_the_tilejson_template(qgis_sees: dict[
         # tiles were fetched and decoded: Europe is drawn, the open sea stays empty
         assert layer["render"]["land"]["drawn_pixels"] > 1000, layer
         assert layer["render"]["sea"]["drawn_pixels"] == 0, layer
+    # the style.json was read and converted: its three layers (fill, stroke, point) became QGIS's styles
     assert styled["style"]["loaded"], styled["style"]
+    countries = qgis_sees["ids"]["countries"]
+    assert styled["style"]["styles"] == [f"{countries}_{kind}" for kind in ("fill", "stroke", "point")]
 
 
 def test_qgis_pages_with_the_page_size_the_openapi_document_states(
