@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what geoetl needs on Debian 12 when it is missing: PostgreSQL + PostGIS (apt), Node + Azurite
 # (npm, project-local), the Python venv. Idempotent and quiet when everything is already there.
-#   scripts/bootstrap.sh [--test] [--bench]   (--test adds chromium and gdal-bin; --bench adds gdal-bin)
+#   scripts/bootstrap.sh [--test] [--bench]   (--test adds chromium, gdal-bin and python3-qgis;
+#   --bench adds gdal-bin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -14,13 +15,14 @@ say() { printf '[bootstrap] %s\n' "$*"; }
 as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 apt_updated=0
-apt_install() {
-  local missing=()
+apt_install() {  # apt_install [--no-install-recommends] package...
+  local opts=() missing=()
+  [[ ${1:-} == --no-install-recommends ]] && { opts+=("$1"); shift; }
   for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   ((${#missing[@]})) || return 0
   say "apt-get install ${missing[*]}"
   if ((apt_updated == 0)); then as_root apt-get update -qq; apt_updated=1; fi
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${opts[@]}" "${missing[@]}" >/dev/null
 }
 
 # --- PostgreSQL + PostGIS
@@ -64,6 +66,9 @@ if ((want_test)) && [[ ! -f .ogc-client/node_modules/@camptocamp/ogc-client/pack
   (cd .ogc-client && npm install --no-audit --no-fund --silent "@camptocamp/ogc-client@$OGC_CLIENT_VERSION" >/dev/null)
 fi
 ((want_test)) && apt_install chromium fonts-dejavu-core gdal-bin  # gdal-bin: the interop tests run ogr2ogr (OAPIF)
+# QGIS 3.22 (Debian 12), run headless by the interop tests: its Python bindings and providers (OAPIF,
+# vector tiles), not the desktop; about 195 MB of packages, 930 MB installed
+((want_test)) && apt_install --no-install-recommends python3-qgis
 ((want_bench)) && apt_install gdal-bin
 
 # --- Python venv

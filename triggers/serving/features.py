@@ -161,7 +161,13 @@ def _item_output(request: Request) -> MediaType | None:
 
 
 def _document_limits(app: FastAPI) -> None:
-    """The OpenAPI document says what the items route really does with `limit` (GDAL reads it)."""
+    """The OpenAPI document says what the items route really does with `limit`.
+
+    GDAL reads it on the items path. QGIS (3.22, and its OAPIF provider still today) reads only
+    `components/parameters/limit`, where OGC API - Features Part 1's OpenAPI fragments define it;
+    without it QGIS pages with 100 features a request (2,000 requests for 200k rows). So it is
+    stated in both places (an unreferenced component is valid OpenAPI).
+    """
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -176,6 +182,7 @@ def _document_limits(app: FastAPI) -> None:
                     param.setdefault("schema", {}).update(
                         {"default": interop.DEFAULT_LIMIT, "maximum": interop.MAX_LIMIT, "minimum": 0}
                     )
+                    doc.setdefault("components", {}).setdefault("parameters", {})["limit"] = dict(param)
         app.openapi_schema = doc
         return doc
 
