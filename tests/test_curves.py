@@ -47,15 +47,18 @@ GENERATED = [
     ("large_coordinates", "CIRCULARSTRING (1000000 5000000,1000001 5000001.5,1000003 5000000)"),
     ("compound_lines_and_arcs", "COMPOUNDCURVE ((0 0,1 0),CIRCULARSTRING (1 0,2 1,3 0),(3 0,4 -1,5 -1))"),
     ("compound_arcs_only", "COMPOUNDCURVE (CIRCULARSTRING (0 0,1 1,2 0),CIRCULARSTRING (2 0,3 -1,4 0))"),
-    ("curve_polygon_with_holes",
-     "CURVEPOLYGON (CIRCULARSTRING (0 0,10 0,0 0),"
-     "COMPOUNDCURVE (CIRCULARSTRING (4 0,5 1,6 0),(6 0,4 0)),(2 -1,3 -1,3 -2,2 -1),"
-     "CIRCULARSTRING (7 -1,7.5 -1.5,7 -1))"),
-    ("curve_polygon_compound_ring",
-     "CURVEPOLYGON (COMPOUNDCURVE (CIRCULARSTRING (0 0,2 2,4 0),(4 0,4 -3,0 -3,0 0)))"),
+    (
+        "curve_polygon_with_holes",
+        "CURVEPOLYGON (CIRCULARSTRING (0 0,10 0,0 0),"
+        "COMPOUNDCURVE (CIRCULARSTRING (4 0,5 1,6 0),(6 0,4 0)),(2 -1,3 -1,3 -2,2 -1),"
+        "CIRCULARSTRING (7 -1,7.5 -1.5,7 -1))",
+    ),
+    ("curve_polygon_compound_ring", "CURVEPOLYGON (COMPOUNDCURVE (CIRCULARSTRING (0 0,2 2,4 0),(4 0,4 -3,0 -3,0 0)))"),
     ("multisurface_mixed", "MULTISURFACE (CURVEPOLYGON (CIRCULARSTRING (0 0,2 0,0 0)),((10 10,11 10,11 11,10 10)))"),
-    ("multicurve_mixed",
-     "MULTICURVE ((0 0,1 1),CIRCULARSTRING (0 0,1 1,2 0),COMPOUNDCURVE (CIRCULARSTRING (5 0,6 1,7 0),(7 0,8 0)))"),
+    (
+        "multicurve_mixed",
+        "MULTICURVE ((0 0,1 1),CIRCULARSTRING (0 0,1 1,2 0),COMPOUNDCURVE (CIRCULARSTRING (5 0,6 1,7 0),(7 0,8 0)))",
+    ),
     ("circle_z", "CIRCULARSTRING Z (0 0 1,1 1 2,0 0 5)"),
     ("arcs_z", "CIRCULARSTRING Z (0 0 1,1 1 2,2 0 5,3 -1 0,4 0 -2)"),
     ("compound_z", "COMPOUNDCURVE Z ((0 0 0,1 0 1),CIRCULARSTRING Z (1 0 1,2 1 2,3 0 3))"),
@@ -78,8 +81,20 @@ def ogr_linear(src: Path, *open_options: str) -> list[shapely.Geometry]:
     (the 2D output is byte for byte the same with and without it)."""
     out = vf.tmpdir() / "linear.geojson"
     oo = [a for o in open_options for a in ("-oo", o)]
-    ogr2ogr("--config", "OGR_STROKE_CURVE", "TRUE", "-f", "GeoJSON", out, src, *oo, "-nlt", "CONVERT_TO_LINEAR",
-            "-lco", "SIGNIFICANT_FIGURES=17")
+    ogr2ogr(
+        "--config",
+        "OGR_STROKE_CURVE",
+        "TRUE",
+        "-f",
+        "GeoJSON",
+        out,
+        src,
+        *oo,
+        "-nlt",
+        "CONVERT_TO_LINEAR",
+        "-lco",
+        "SIGNIFICANT_FIGURES=17",
+    )
     _, table = pyogrio.read_arrow(out)
     return list(shapely.from_wkb(table.column("wkb_geometry").to_numpy(zero_copy_only=False)))
 
@@ -168,6 +183,18 @@ def test_malformed_circular_strings_are_refused():
         curves.linearize(four[:-8])
 
 
+def test_deeply_nested_collections_are_refused():
+    """Parsing stops 32 collections deep, as GDAL's WKB reader does, rather than recursing without bound."""
+    arc = struct.pack("<BII", 1, 8, 3) + np.array([0, 0, 1, 1, 2, 0], dtype="<f8").tobytes()
+    nested = arc
+    for _ in range(40):
+        nested = struct.pack("<BII", 1, 7, 1) + nested
+    with pytest.raises(curves.CurveError, match="nested more than 32 deep"):
+        curves.linearize(nested)
+    shallow = struct.pack("<BII", 1, 7, 1) + struct.pack("<BII", 1, 7, 1) + arc
+    assert shapely.get_num_coordinates(shapely.from_wkb(curves.linearize(shallow))) == 46
+
+
 def test_linear_geometries_and_collections_without_curves_are_left_alone():
     for geom in ["POINT (1 2)", "POLYGON ((0 0,1 0,1 1,0 0))", "GEOMETRYCOLLECTION (POINT (1 2),LINESTRING (0 0,1 1))"]:
         assert curves.linearize(shapely.to_wkb(shapely.from_wkt(geom))) is None
@@ -242,8 +269,11 @@ def test_generated_curves_in_a_csv_load_through_workers(db, workers, nonce):
     names, refs = [name for (name, _), _ in kept], [ref for _, ref in kept]
     blob = vf.upload(f"{nonce}/curves.csv", src.read_bytes())
     table = f"cv_csv_{nonce}"
-    job = run_with_workers(workers, db, {"blob_name": blob, "file_extension": "csv", "table_name": table,
-                                          "converter_params": {"wkt_column": "WKT"}})
+    job = run_with_workers(
+        workers,
+        db,
+        {"blob_name": blob, "file_extension": "csv", "table_name": table, "converter_params": {"wkt_column": "WKT"}},
+    )
     summary = job["result_data"]["summary"]
     assert summary["total_rows_uploaded"] == len(names)
     assert summary["geometry_stats"]["linearized"] == len(names)
@@ -263,13 +293,23 @@ def test_curve_polygons_in_gpkg_slices_through_workers(db, workers, nonce):
     csv = vf.tmpdir() / "p.csv"
     csv.write_bytes(vf.csv_text(["name", "WKT"], rows))
     gpkg = vf.tmpdir() / "curvepolygons.gpkg"
-    ogr2ogr("-f", "GPKG", gpkg, csv, "-nlt", "CURVEPOLYGON", "-a_srs", "EPSG:4326", *[
-        a for o in CSV_OPTIONS for a in ("-oo", o)])
+    ogr2ogr(
+        "-f",
+        "GPKG",
+        gpkg,
+        csv,
+        "-nlt",
+        "CURVEPOLYGON",
+        "-a_srs",
+        "EPSG:4326",
+        *[a for o in CSV_OPTIONS for a in ("-oo", o)],
+    )
     refs = ogr_linear(gpkg)
     blob = vf.upload(f"{nonce}/curvepolygons.gpkg", gpkg)
     table = f"cv_slices_{nonce}"
-    job = run_with_workers(workers, db, {"blob_name": blob, "file_extension": "gpkg", "table_name": table,
-                                          "chunk_size": 3})
+    job = run_with_workers(
+        workers, db, {"blob_name": blob, "file_extension": "gpkg", "table_name": table, "chunk_size": 3}
+    )
     summary = job["result_data"]["summary"]
     assert summary["total_chunks"] == 3 and summary["total_rows_uploaded"] == len(rows)
     assert summary["geometry_stats"]["linearized"] == len(rows)

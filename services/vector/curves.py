@@ -40,20 +40,36 @@ ARC_STEP_DEGREES = 4.0  # GDAL's default OGR_ARC_STEPSIZE
 MIN_ARC_STEP_DEGREES = 0.01  # GDAL's floor for the step
 MAX_STEPS_PER_ARC = 9_999  # odd; caps a step under 0.036 degree (never reached at the default: at most 91)
 MAX_VERTICES_PER_FEATURE = 5_000_000
+MAX_NESTING = 32  # collections within collections: GDAL's WKB reader stops at the same depth
 COLLINEAR = 1e-8  # GDAL's threshold on the cross product of the normalised deltas
 
 POINT, LINESTRING, POLYGON, MULTIPOINT, MULTILINESTRING, MULTIPOLYGON, COLLECTION = range(1, 8)
 CIRCULARSTRING, COMPOUNDCURVE, CURVEPOLYGON, MULTICURVE, MULTISURFACE = range(8, 13)
 CURVED = frozenset(range(CIRCULARSTRING, MULTISURFACE + 1))
-NAMES = {CIRCULARSTRING: "CircularString", COMPOUNDCURVE: "CompoundCurve", CURVEPOLYGON: "CurvePolygon",
-         MULTICURVE: "MultiCurve", MULTISURFACE: "MultiSurface", COLLECTION: "GeometryCollection"}
-_LINEAR_OF = {CIRCULARSTRING: LINESTRING, COMPOUNDCURVE: LINESTRING, CURVEPOLYGON: POLYGON,
-              MULTICURVE: MULTILINESTRING, MULTISURFACE: MULTIPOLYGON}
+NAMES = {
+    CIRCULARSTRING: "CircularString",
+    COMPOUNDCURVE: "CompoundCurve",
+    CURVEPOLYGON: "CurvePolygon",
+    MULTICURVE: "MultiCurve",
+    MULTISURFACE: "MultiSurface",
+    COLLECTION: "GeometryCollection",
+}
+_LINEAR_OF = {
+    CIRCULARSTRING: LINESTRING,
+    COMPOUNDCURVE: LINESTRING,
+    CURVEPOLYGON: POLYGON,
+    MULTICURVE: MULTILINESTRING,
+    MULTISURFACE: MULTIPOLYGON,
+}
 _EWKB_Z, _EWKB_M, _EWKB_SRID = 0x80000000, 0x40000000, 0x20000000
 
 
 class CurveError(ValueError):
     """A curved geometry that cannot be made linear (malformed, or too many vertices)."""
+
+
+class _TooDeep(CurveError):
+    """Collections nested beyond MAX_NESTING: refused wherever they are (GEOS would read curves inside)."""
 
 
 # ---------------------------------------------------------------------------------------------- arcs
@@ -144,6 +160,7 @@ class _Reader:
         self.data, self.pos, self.dims = data, 0, 0  # dims: 2 or 3, fixed by the outermost header
         self.vertices = 0
         self.curved = False  # whether any curve was met
+        self.depth = 0
 
     def _take(self, n: int) -> bytes:
         if self.pos + n > len(self.data):
@@ -201,10 +218,15 @@ class _Reader:
                 return POLYGON, [self._points(endian, layout, self._count(endian)) for _ in range(n)]
             return POLYGON, [self._curve() for _ in range(n)]
         parts = self._count(endian)
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise _TooDeep(f"its collections are nested more than {MAX_NESTING} deep")
         if kind == COMPOUNDCURVE:
-            return LINESTRING, self._joined([self.geometry(_SEGMENTS)[1] for _ in range(parts)])
-        child = _CHILDREN.get(kind)
-        return _LINEAR_OF.get(kind, kind), [self.geometry(child) for _ in range(parts)]
+            linear = LINESTRING, self._joined([self.geometry(_SEGMENTS)[1] for _ in range(parts)])
+        else:
+            linear = _LINEAR_OF.get(kind, kind), [self.geometry(_CHILDREN.get(kind)) for _ in range(parts)]
+        self.depth -= 1
+        return linear
 
     def _curve(self) -> np.ndarray:
         """A ring of a CurvePolygon: any curve, as its vertices."""
@@ -287,6 +309,8 @@ def linearize(value: bytes) -> bytes | None:
     reader = _Reader(value)
     try:
         out_kind, payload = reader.geometry()
+    except _TooDeep:
+        raise
     except CurveError:
         if kind == COLLECTION and not reader.curved:  # not ours to judge: GEOS names the problem
             return None
