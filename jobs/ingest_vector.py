@@ -17,6 +17,10 @@ Policies (the user-visible decisions):
   MultiPolygon); points, lines and polygons mixed -> one generic geometry(Geometry, 4326) column, each
   feature still promoted to Multi* of its own family. A GeometryCollection of one family becomes that
   Multi*; one that mixes families fails the job, naming the feature.
+- Curved geometries (CircularString, CompoundCurve, CurvePolygon, MultiCurve, MultiSurface) are made
+  linear as each batch is read, before anything else, as ogr2ogr -nlt CONVERT_TO_LINEAR does (GDAL's
+  4-degree arc step; services/vector/curves.py): curves are lines, curve polygons polygons; counted in
+  geometry_stats.linearized. At most 5M vertices per feature; a malformed CircularString fails naming it.
 - Null/empty geometries are dropped and counted; invalid ones are repaired in stage 2 with
   make_valid(method="structure") semantics, keeping the parts of the feature's own family; a feature
   above 100k vertices is repaired part-wise in a child process killed after REPAIR_SECONDS_PER_FEATURE
@@ -44,7 +48,7 @@ Policies (the user-visible decisions):
   both). Several layers need converter_params.layer_name; a GPX without it reads the one of waypoints,
   routes and tracks that holds features (services/vector/gdal_formats.py).
 - Broken input fails the job naming the file and the feature/column/member: CSV coordinates or WKT GDAL
-  cannot parse ('north', 'nan', garbage WKT; empty cells are null geometries), curved geometries,
+  cannot parse ('north', 'nan', garbage WKT; empty cells are null geometries), TIN/PolyhedralSurface,
   coordinates beyond 1e10, text or names that are not UTF-8 (a Shapefile's encoding is GDAL's: .cpg, DBF
   language driver, ISO-8859-1; converter_params.encoding overrides), GeoJSON integers beyond 64 bits,
   JSON nested deeper than ~1000 levels, content of another format than file_extension,

@@ -250,6 +250,37 @@ def measures_dropped_check(db: Any, table: str, job: dict[str, Any]) -> None:
     assert rows[0]["t"] == "MULTIPOINT((1 2))"
 
 
+def linearized_check(db: Any, table: str, job: dict[str, Any]) -> None:
+    """The half circle is stroked into 45 segments of 4 degrees, as ogr2ogr -nlt CONVERT_TO_LINEAR does
+    (tests/test_curves.py compares vertex for vertex); the point stays a point, in a generic column."""
+    rows = db.execute(f'SELECT GeometryType(geom) AS t, ST_NPoints(geom) AS n FROM geo."{table}" ORDER BY n').fetchall()
+    assert [(r["t"], r["n"]) for r in rows] == [("MULTIPOINT", 1), ("MULTILINESTRING", 46)]
+    assert job["result_data"]["summary"]["geometry_stats"]["linearized"] == 1
+
+
+def circular_string_wkb(points: list[tuple[float, float]]) -> bytes:
+    return struct.pack("<BII", 1, 8, len(points)) + b"".join(struct.pack("<dd", *p) for p in points)
+
+
+def gpkg_with_four_point_arc() -> bytes:
+    """Two CircularStrings, the second cut to 4 points in the file itself (GDAL refuses to write one)."""
+    import sqlite3
+
+    five = circular_string_wkb([(0, 0), (1, 1), (2, 0), (3, -1), (4, 0)])
+    data = gpkg_from_wkb([circular_string_wkb([(0, 0), (1, 1), (2, 0)]), five], "Unknown")
+    path = vf.tmpdir() / "arc.gpkg"
+    path.write_bytes(data)
+    with sqlite3.connect(path) as conn:
+        # the layer's R-tree triggers call these SpatiaLite functions; the envelope stays (0, -1, 4, 1)
+        for name, value in {"ST_IsEmpty": 0, "ST_MinX": 0, "ST_MaxX": 4, "ST_MinY": -1, "ST_MaxY": 1}.items():
+            conn.create_function(name, 1, lambda _, v=value: v)
+        (blob,) = conn.execute("SELECT geom FROM measured WHERE n = 1").fetchone()
+        header = bytes(blob)[: len(blob) - len(five)]
+        four = struct.pack("<BII", 1, 8, 4) + five[9:-16]
+        conn.execute("UPDATE measured SET geom = ? WHERE n = 1", [header + four])
+    return path.read_bytes()
+
+
 def nul_check(db: Any, table: str, job: dict[str, Any]) -> None:
     """GDAL ends names and text at a NUL (C strings); nested values keep it escaped, as JSON text."""
     row = db.execute(f'SELECT * FROM geo."{table}"').fetchone()
@@ -393,7 +424,10 @@ CASES: list[Case] = [
          Failed("data.csv", "feature 1", "'NOT A GEOMETRY; DROP TABLE x'", "wkt"),
          params={"converter_params": {"wkt_column": "wkt"}}),
     Case("csv_wkt_curves", lambda: csv(["n", "wkt"], [[1, "POINT (1 2)"], [2, "CIRCULARSTRING (0 0, 1 1, 2 0)"]]),
-         Failed("data.csv", "feature 1", "CircularString"), params={"converter_params": {"wkt_column": "wkt"}}),
+         Loaded(2, linearized_check), params={"converter_params": {"wkt_column": "wkt"}}),
+    Case("gpkg_circularstring_of_four_points",
+         lambda: {"arc.gpkg": gpkg_with_four_point_arc()},
+         Failed("arc.gpkg", "feature 1", "CircularString of 4 points", "odd number")),
     Case("csv_wkt_self_intersections", lambda: csv(["n", "wkt"], [[0, vf.bowtie().wkt], [1, vf.spiky(5, 5).wkt],
                                                                [2, box(9, 9, 10, 10).wkt]]),
          Loaded(3, repaired_check), params={"converter_params": {"wkt_column": "wkt"}}),

@@ -19,7 +19,7 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
 from core.errors import PermanentTaskError
-from services.vector import simple_rings
+from services.vector import curves, simple_rings
 from services.vector.repair import FAIL, KEEP, REPAIR, Progress, RepairPolicy, make_valid_all, refuse_invalid
 
 POINT, LINE, POLYGON, COLLECTION = "point", "line", "polygon", "collection"
@@ -31,7 +31,7 @@ _MULTI_OF = {POINT: shapely.multipoints, LINE: shapely.multilinestrings, POLYGON
 _SINGLE_TYPE_IDS = (0, 1, 2, 3)
 WGS84 = CRS.from_epsg(4326)
 MAX_ABS_COORDINATE = 1e10  # beyond any coordinate reference system on Earth (metres, feet or degrees)
-# ISO WKB types GEOS cannot hold (code % 1000)
+# ISO WKB types GEOS cannot hold (code % 1000); 8-12 (curves) are made linear first (curves.py)
 _NONLINEAR_WKB = {8: "CircularString", 9: "CompoundCurve", 10: "CurvePolygon", 11: "MultiCurve",
                   12: "MultiSurface", 13: "Curve", 14: "Surface", 15: "PolyhedralSurface", 16: "TIN", 17: "Triangle"}
 
@@ -46,6 +46,7 @@ class GeometryStats:
     z_dropped: int = 0
     collections_unpacked: int = 0
     invalid_kept: int = 0
+    linearized: int = 0  # curved geometries stroked into straight segments (curves.py)
     families: set[str] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, Any]:
@@ -56,6 +57,7 @@ class GeometryStats:
             "z_dropped": self.z_dropped,
             "collections_unpacked": self.collections_unpacked,
             "invalid_kept": self.invalid_kept,
+            "linearized": self.linearized,
         }
 
 
@@ -183,8 +185,8 @@ def _undecodable(raw: np.ndarray, offset: int, label: str) -> PermanentTaskError
             kind = _wkb_type_name(bytes(value))
             if kind:
                 return PermanentTaskError(
-                    f"{label}: feature {offset + i} is a {kind}; curved geometries are not supported: convert them "
-                    "to straight segments first (e.g. ogr2ogr -nlt CONVERT_TO_LINEAR)"
+                    f"{label}: feature {offset + i} is a {kind}, a geometry type that cannot be loaded (points, "
+                    "lines, polygons and curves can); convert it to polygons first"
                 )
             return PermanentTaskError(f"{label}: feature {offset + i} has a geometry that cannot be decoded ({exc})")
     return PermanentTaskError(f"{label}: a geometry of features {offset}-{offset + len(raw) - 1} cannot be decoded")
@@ -381,6 +383,18 @@ def _proven_without_geos(
     return Prepared(keep, _wrapped_in_multi(wkb, types))
 
 
+def linearized(wkb: Any, offset: int, label: str, stats: GeometryStats) -> Any:
+    """The batch with its curves stroked into straight segments (counted), or as it is when it has none."""
+    try:
+        wkb, count = curves.linearize_batch(wkb)
+    except curves.CurvedFeatureError as exc:
+        raise PermanentTaskError(
+            f"{label}: feature {offset + exc.row} is a {exc.kind} that cannot be made linear: {exc.reason}"
+        ) from None
+    stats.linearized += count
+    return wkb
+
+
 def prepare_geometries(
     wkb: Any,
     offset: int,
@@ -394,8 +408,9 @@ def prepare_geometries(
     When nothing changes (no Z/M, no collection, no reprojection, simplify or quantize, all valid) the
     source's WKB is reused, promoted to Multi* at the byte level: decoding is still needed for the checks,
     but the rebuild and re-encoding are not; small polygons without holes are not even decoded when
-    simple_rings proves them all valid.
+    simple_rings proves them all valid. Curved geometries are made linear first, as ogr2ogr does.
     """
+    wkb = linearized(wkb, offset, label, stats)
     proven = _proven_without_geos(wkb, offset, reprojector, options, stats)
     if proven is not None:
         return proven
