@@ -1,7 +1,14 @@
 """`make bench`: geoetl against the tools a user would otherwise pick, on the same database, in one run.
 
     .venv/bin/python -m bench [--scale 1] [--runs 3] [--only all|orchestration|ingest|memory]
-                              [--datasets gpkg,csv,geojson] [--out BENCHMARKS.md] [--json bench/results/latest.json]
+                              [--datasets gpkg,csv,geojson,shp,parquet,maritime] [--profile missed|always|never]
+                              [--api-port P --blob-port P --database NAME]
+                              [--out BENCHMARKS.md] [--json bench/results/latest.json]
+
+`--api-port`, `--blob-port`, `--database` run the benchmark against a stack of its own (started in
+.run/bench-<api>-<blob>/ if it is not running), never the one `make up` started. After the timed runs
+of a file whose geoetl median misses an issue-13 target, one more geoetl run is profiled with py-spy
+(not one of the timed runs) so the report can say where the time goes.
 
 Results of sections not run this time are kept from the existing JSON, so `--only memory --scale 10`
 adds the 10M-polygon memory check to a report without re-running the rest.
@@ -18,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import data, pg, report
-from bench.peers import PEER_LABELS, PEERS, drop_peer_table, peer_available, run_peer
+from bench.peers import PEER_LABELS, PEERS, drop_peer_table, peer_available, run_peer, runs_on
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = (*PEERS, "geoetl")
 SECTIONS = ("orchestration", "ingest", "memory")
+ALL_DATASETS = (*data.BASE_ROWS, data.HEAVY)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs per contender (the median is quoted)")
     p.add_argument("--only", choices=("orchestration", "ingest", "memory", "all"), default="all",
                    help="all = orchestration + ingest; memory = one geoetl ingest of the GeoPackage at --scale")
-    p.add_argument("--datasets", default="gpkg,csv,geojson", help="comma-separated subset of gpkg,csv,geojson")
+    p.add_argument("--datasets", default=",".join(ALL_DATASETS),
+                   help="comma-separated subset of " + ",".join(ALL_DATASETS)
+                   + f" ({data.HEAVY}: the corpus's countries-maritime-10m, the same file at every scale)")
+    p.add_argument("--profile", choices=("missed", "always", "never"), default="missed",
+                   help="one extra py-spy-profiled geoetl run per file: when a target is missed (default), always,"
+                   " never")
+    p.add_argument("--api-port", type=int, help="API port of the benchmark's own stack (default: the settings')")
+    p.add_argument("--blob-port", type=int, help="blob emulator port of the benchmark's own stack")
+    p.add_argument("--database", help="database of the benchmark's own stack (same server as DATABASE_URL)")
     p.add_argument("--contenders", default=",".join(CONTENDERS),
                    help="comma-separated subset of " + ",".join(CONTENDERS))
     p.add_argument("--n", type=int, default=1000, help="hello_world tasks")
@@ -43,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     for d in args.datasets:
-        if d not in data.BASE_ROWS:
+        if d not in ALL_DATASETS:
             p.error(f"unknown dataset {d!r}")
     for c in args.contenders:
         if c not in CONTENDERS:
@@ -78,6 +94,10 @@ def checkpoint() -> None:
 
 
 def prepare_dataset(kind: str, scale: float, seed: int) -> tuple[data.Dataset, float | None]:
+    if kind == data.HEAVY:
+        ds = data.heavy_dataset()
+        say(f"{kind}: {ds.rows:,} features, {ds.size_bytes / 1e6:.1f} MB at {ds.path} (the corpus's, not scaled)")
+        return ds, None
     path = data.cached_path(kind, data.rows_for(kind, scale), seed)
     cached = path.exists()
     t0 = time.perf_counter()
@@ -120,7 +140,7 @@ def run_ingest(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
                              "generate_s": generated, "upload_s": [], "runs": [], "skipped": {}}
         out["datasets"][kind] = d
         contenders = []
-        for c in args.contenders:
+        for c in [c for c in args.contenders if c in ("geoetl", *PEERS) and runs_on(c, ds)]:
             why = peer_available(c, ds) if c in PEERS else None
             if why:
                 d["skipped"][c] = why
@@ -148,6 +168,19 @@ def run_ingest(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
                 rss = r.get("worker_peak_rss_mb") if c == "geoetl" else (r.get("peak_rss_mb") or {}).get("client")
                 say(f"{kind} run {run + 1} {PEER_LABELS[c]}: "
                     + (f"FAILED {str(r['error'])[:300]}" if r.get("error") else f"{r['seconds']:.2f} s, peak {rss} MB"))
+        if blob is not None and args.profile != "never":
+            missed = report.missed_targets(kind, report.summarise_ingest({"datasets": {kind: d}})[kind])
+            if missed or args.profile == "always":
+                say(f"{kind}: " + (f"missed {'; '.join(missed)}: " if missed else "")
+                    + "one more geoetl run under py-spy")
+                checkpoint()
+                r = geoetl_run.run_geoetl(ds, blob, geoetl_run.unique_table(f"bench_{kind}"), timeout=timeout,
+                                          profile=True)
+                r["missed"] = missed
+                d["profile_run"] = r
+                prof = r.get("profile") or {}
+                say(f"{kind} profile: {prof.get('samples', 0)} samples"
+                    + (f", errors {prof['errors']}" if prof.get("errors") else ""))
     return out
 
 
@@ -179,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bench import environment, geoetl_run
 
+    own = geoetl_run.isolate(args.api_port, args.blob_port, args.database)
+    if own:
+        say(f"own stack: API port {own['API_PORT']}, blob port {own['BLOB_PORT']}, run folder {own['GEOETL_RUN_DIR']}"
+            + (f", database {args.database}" if args.database else ""))
     say("making sure the local stack is up (scripts/stack.sh up)")
     geoetl_run.ensure_stack()
     env = environment.collect()

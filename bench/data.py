@@ -1,15 +1,19 @@
-"""Deterministic benchmark data: seeded polygons (GeoPackage, GeoJSON) and points (CSV).
+"""Deterministic benchmark data: seeded polygons (GeoPackage, GeoJSON, Shapefile, GeoParquet), points (CSV).
 
 Geometries are written as WKB built straight from numpy arrays (a regular octagon is a
 fixed-size record), so 10M polygons never become 10M Python objects. Rows are produced
 in batches whose RNG is seeded by (seed, kind, batch index): a larger scale starts with
 exactly the rows of a smaller one, and the same seed always gives the same values.
+The Shapefile and GeoParquet files hold the very rows of the GeoPackage (same batches, same RNG),
+so their numbers compare format against format. The heavy real polygons are not generated: they are
+the test corpus's countries-maritime-10m GeoJSON (installed by `scripts/bootstrap.sh --bench`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +28,20 @@ DEFAULT_SEED = 20250101
 BATCH_ROWS = 1_000_000
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
-# Rows at --scale 1 (issue 7): 1M polygons (GeoPackage), 1M points (CSV), 200k features (GeoJSON).
-BASE_ROWS = {"gpkg": 1_000_000, "csv": 1_000_000, "geojson": 200_000}
-LAYER = {"gpkg": "polygons", "csv": "points", "geojson": "features"}
+# Rows at --scale 1 (issues 7, 13): 1M polygons (GeoPackage, and the same rows as Shapefile and GeoParquet),
+# 1M points (CSV), 200k features (GeoJSON).
+BASE_ROWS = {"gpkg": 1_000_000, "csv": 1_000_000, "geojson": 200_000, "shp": 1_000_000, "parquet": 1_000_000}
+LAYER = {"gpkg": "polygons", "csv": "points", "geojson": "features", "shp": "polygons", "parquet": "polygons"}
 KIND_ID = {"gpkg": 1, "csv": 2, "geojson": 3}
+# Formats that hold another dataset's rows: their batches are that dataset's (same RNG stream).
+SAME_ROWS_AS = {"shp": "gpkg", "parquet": "gpkg"}
+# GDAL's Parquet writer's default row group; GeoParquet files in the wild are cut this way or coarser.
+PARQUET_ROW_GROUP = 65_536
+SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg")
+# The real file (not generated, not scaled): the corpus's heaviest polygons, many of them invalid.
+HEAVY = "maritime"
+HEAVY_PACKAGE = "@geo-maps/countries-maritime-10m"
+CORPUS_DIR = Path(__file__).resolve().parent.parent / ".corpus" / "node_modules"
 
 VERTICES = 8
 CATEGORIES = ["residential", "commercial", "industrial", "agricultural", "forest", "water",
@@ -49,8 +63,16 @@ class Dataset:
     seed: int
 
     @property
+    def files(self) -> list[Path]:
+        """The file and, for a Shapefile, the sidecars uploaded with it."""
+        if self.kind != "shp":
+            return [self.path]
+        return [self.path, *(self.path.with_suffix(ext) for ext in SHAPEFILE_SIDECARS
+                             if self.path.with_suffix(ext).exists())]
+
+    @property
     def size_bytes(self) -> int:
-        return self.path.stat().st_size
+        return sum(f.stat().st_size for f in self.files)
 
 
 def rows_for(kind: str, scale: float) -> int:
@@ -59,6 +81,7 @@ def rows_for(kind: str, scale: float) -> int:
 
 
 def _rng(seed: int, kind: str, batch: int) -> np.random.Generator:
+    kind = SAME_ROWS_AS.get(kind, kind)
     return np.random.default_rng([seed, KIND_ID[kind], batch])
 
 
@@ -171,13 +194,52 @@ def _write(kind: str, path: Path, rows: int, seed: int) -> None:
             for tbl in iter_batches(kind, rows, seed):
                 writer.write_table(tbl)
         return
-    driver = {"gpkg": "GPKG", "geojson": "GeoJSON"}[kind]
-    layer_options = {"RFC7946": "YES"} if kind == "geojson" else None
+    if kind == "parquet":
+        _write_geoparquet(path, rows, seed)
+        return
+    driver = {"gpkg": "GPKG", "geojson": "GeoJSON", "shp": "ESRI Shapefile"}[kind]
+    # a Shapefile gets a .cpg saying UTF-8 (as GDAL writes by default when told the encoding)
+    layer_options = {"RFC7946": "YES"} if kind == "geojson" else {"ENCODING": "UTF-8"} if kind == "shp" else None
     for i, tbl in enumerate(iter_batches(kind, rows, seed)):
+        if kind == "shp":  # a DBF field name has at most 10 letters: GDAL writes survey_date as survey_dat
+            tbl = tbl.rename_columns([c[:10] for c in tbl.column_names])
         pyogrio.write_arrow(
             tbl, path, layer=LAYER[kind], driver=driver, geometry_name="geom", geometry_type="Polygon",
             crs="EPSG:4326", append=i > 0, layer_options=layer_options,
         )
+
+
+def geoparquet_metadata() -> bytes:
+    """GeoParquet 1.0 `geo` metadata: WKB polygons in `geom`, EPSG:4326 as PROJJSON (lon/lat as written)."""
+    import json
+
+    from pyproj import CRS
+
+    meta = {"version": "1.0.0", "primary_column": "geom",
+            "columns": {"geom": {"encoding": "WKB", "geometry_types": ["Polygon"],
+                                 "crs": CRS.from_epsg(4326).to_json_dict()}}}
+    return json.dumps(meta, sort_keys=True).encode()
+
+
+def _write_geoparquet(path: Path, rows: int, seed: int) -> None:
+    """The GeoPackage's rows as GeoParquet, written by pyarrow (row groups of PARQUET_ROW_GROUP rows)."""
+    import pyarrow.parquet as pq
+
+    schema = polygon_batch(seed, "parquet", 0, 0, 1).schema.with_metadata({b"geo": geoparquet_metadata()})
+    with pq.ParquetWriter(str(path), schema, compression="snappy") as writer:
+        for tbl in iter_batches("parquet", rows, seed):
+            writer.write_table(tbl.replace_schema_metadata(schema.metadata), row_group_size=PARQUET_ROW_GROUP)
+
+
+def heavy_dataset(corpus_dir: Path = CORPUS_DIR) -> Dataset:
+    """The corpus's countries-maritime-10m FeatureCollection (its feature count read by GDAL)."""
+    import pyogrio
+
+    path = corpus_dir / HEAVY_PACKAGE / "map.geo.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run scripts/bootstrap.sh --bench (it installs the corpus)")
+    info = pyogrio.read_info(path, force_feature_count=True)
+    return Dataset(kind=HEAVY, path=path, rows=int(info["features"]), layer=str(info.get("layer_name") or ""), seed=0)
 
 
 def cached_path(kind: str, rows: int, seed: int, data_dir: Path = DATA_DIR) -> Path:
@@ -190,11 +252,15 @@ def ensure_dataset(kind: str, scale: float, seed: int = DEFAULT_SEED, data_dir: 
     path = cached_path(kind, rows, seed, data_dir)
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.{kind}")
-        tmp.unlink(missing_ok=True)
+        # a Shapefile is several files: written in a folder of their own, moved in with the .shp last
+        tmp_dir = data_dir / f".{path.stem}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir()
         try:
+            tmp = tmp_dir / path.name
             _write(kind, tmp, rows, seed)
-            os.replace(tmp, path)
+            for side in sorted(tmp_dir.iterdir(), key=lambda f: f.suffix == path.suffix):
+                os.replace(side, data_dir / (path.stem + side.suffix))
         finally:
-            tmp.unlink(missing_ok=True)
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     return Dataset(kind=kind, path=path, rows=rows, layer=LAYER[kind], seed=seed)

@@ -24,6 +24,8 @@ def main(argv: list[str]) -> int:
         # GDAL's CSV open options, passed through read_file: the lat/lon columns make the points.
         gdf = gpd.read_file(path, X_POSSIBLE_NAMES="lon", Y_POSSIBLE_NAMES="lat", AUTODETECT_TYPE="YES")
         gdf = gdf.set_crs(4326)
+    elif kind == "parquet":
+        gdf = gpd.read_parquet(path)  # what a user writes for GeoParquet (GDAL 3.6 has no Parquet driver)
     else:
         gdf = gpd.read_file(path)
     t_read = time.perf_counter()

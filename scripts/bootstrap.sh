@@ -2,7 +2,7 @@
 # Installs what geoetl needs on Debian 12 when it is missing: PostgreSQL + PostGIS (apt), Node + Azurite
 # (npm, project-local), the Python venv. Idempotent and quiet when everything is already there.
 #   scripts/bootstrap.sh [--test] [--bench]   (--test adds chromium, gdal-bin and python3-qgis;
-#   --bench adds gdal-bin)
+#   --bench adds gdal-bin and the corpus)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,9 +48,10 @@ if [[ ! -x .azurite/node_modules/.bin/azurite-blob ]]; then
   (cd .azurite && npm install --no-audit --no-fund --silent "azurite@$AZURITE_VERSION" >/dev/null)
 fi
 
-# --- the real-data test corpus (public npm packages, cached in .corpus/; tests/corpus.py reads it)
+# --- the real-data test corpus (public npm packages, cached in .corpus/; tests/corpus.py reads it, and make
+#     bench loads its heaviest polygons, countries-maritime-10m)
 CORPUS_PACKAGES="@geo-maps/countries-maritime-10m@0.6.0 @geo-maps/earth-seas-10m@0.6.0 world-geojson@3.5.3 us-atlas@3.0.1"
-if ((want_test)) && [[ ! -f .corpus/.installed-$(echo "$CORPUS_PACKAGES" | sha256sum | cut -c1-16) ]]; then
+if ((want_test || want_bench)) && [[ ! -f .corpus/.installed-$(echo "$CORPUS_PACKAGES" | sha256sum | cut -c1-16) ]]; then
   say "npm install the test corpus into .corpus/"
   mkdir -p .corpus
   # shellcheck disable=SC2086
