@@ -17,8 +17,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from bench import pg
 from bench.data import HEAVY, Dataset
@@ -60,10 +59,11 @@ def isolate(api_port: int | None, blob_port: int | None, database: str | None) -
             else part + ";" for part in s.azure_storage_connection_string.get_secret_value().split(";") if part),
         "GEOETL_RUN_DIR": f".run/bench-{api_port}-{blob_port}",
     }
-    if database:
-        info = conninfo_to_dict(s.dsn)
-        info["dbname"] = database
-        env["DATABASE_URL"] = make_conninfo(**info)
+    if database:  # same server and login, other database; kept a URL (SQLAlchemy, for peer (c), reads URLs)
+        url = urlsplit(s.dsn)
+        if not url.scheme:
+            raise ValueError("--database needs DATABASE_URL written as a postgresql:// URL")
+        env["DATABASE_URL"] = urlunsplit(url._replace(path="/" + quote(database)))
     os.environ.update(env)
     reset_settings()
     RUN_DIR = ROOT / env["GEOETL_RUN_DIR"]

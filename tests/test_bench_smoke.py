@@ -7,6 +7,7 @@ file runs on its own in well under a second without any service.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,3 +119,175 @@ def test_report_keeps_the_history_section_across_renders() -> None:
 def test_a_report_without_history_gets_the_placeholder() -> None:
     assert report.extract_history("# Benchmarks\n\n## Ingest\n") == ""
     assert report.DEFAULT_HISTORY in report.render(_results(), "")
+
+
+def test_shapefile_and_geoparquet_hold_the_geopackage_rows(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+    import pyogrio
+
+    assert data.table_digest("shp", 300, seed=5) == data.table_digest("gpkg", 300, seed=5)
+    assert data.table_digest("parquet", 300, seed=5) == data.table_digest("gpkg", 300, seed=5)
+    gpkg = data.ensure_dataset("gpkg", 0.0003, seed=5, data_dir=tmp_path)
+    shp = data.ensure_dataset("shp", 0.0003, seed=5, data_dir=tmp_path)
+    parquet = data.ensure_dataset("parquet", 0.0003, seed=5, data_dir=tmp_path)
+    assert [f.suffix for f in shp.files] == [".shp", ".shx", ".dbf", ".prj", ".cpg"]
+    assert shp.path.with_suffix(".cpg").read_text() == "UTF-8"
+    assert shp.size_bytes == sum(f.stat().st_size for f in shp.files) > shp.path.stat().st_size
+    assert not list(tmp_path.glob(".*")), "no temporary files left beside the datasets"
+
+    ref = pyogrio.read_dataframe(gpkg.path)
+    from_shp = pyogrio.read_dataframe(shp.path)
+    from_parquet = pq.read_table(parquet.path)
+    assert len(ref) == len(from_shp) == from_parquet.num_rows == 300
+    assert from_shp.crs.to_epsg() == 4326
+    for col in ("id", "population", "area_m2", "ratio", "name", "category"):
+        assert ref[col].tolist() == from_shp[col].tolist(), col
+        assert ref[col].tolist() == from_parquet.column(col).to_pylist(), col
+    assert [str(d) for d in ref["survey_date"]] == [str(d) for d in from_shp["survey_dat"]]
+    assert [d.isoformat() for d in from_parquet.column("survey_date").to_pylist()] == \
+        [str(d)[:10] for d in ref["survey_date"]]
+    # a Shapefile stores outer rings clockwise: the same polygons, ring order aside
+    ref_geoms = shapely.normalize(ref.geometry.values)
+    assert shapely.equals_exact(ref_geoms, shapely.normalize(from_shp.geometry.values), 0).all()
+    from_wkb = shapely.normalize(shapely.from_wkb(from_parquet.column("geom").to_pylist()))
+    assert shapely.equals_exact(ref_geoms, from_wkb, 0).all()
+    geo = json.loads(pq.read_schema(parquet.path).metadata[b"geo"])
+    assert geo["primary_column"] == "geom" and geo["columns"]["geom"]["encoding"] == "WKB"
+    assert geo["columns"]["geom"]["crs"]["id"] == {"authority": "EPSG", "code": 4326}
+
+
+def test_shapefile_and_geoparquet_files_are_byte_identical_and_cut_in_row_groups(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(data, "PARQUET_ROW_GROUP", 100)
+    for kind in ("shp", "parquet"):
+        a = data.ensure_dataset(kind, 0.00025, seed=2, data_dir=tmp_path / "a")
+        b = data.ensure_dataset(kind, 0.00025, seed=2, data_dir=tmp_path / "b")
+        assert [_sha(f) for f in a.files] == [_sha(f) for f in b.files], kind
+    meta = pq.ParquetFile(tmp_path / "a" / data.cached_path("parquet", 250, 2).name).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [100, 100, 50]
+
+
+def test_the_heavy_real_polygons_are_the_corpus_file() -> None:
+    ds = data.heavy_dataset()
+    assert ds.kind == data.HEAVY and ds.rows == 250
+    assert ds.path.name == "map.geo.json" and ds.size_bytes > 30_000_000
+
+
+def test_parquet_peers_load_the_geopackage_of_the_same_rows_without_a_gdal_parquet_driver(tmp_path: Path) -> None:
+    from bench import peers
+
+    parquet = data.ensure_dataset("parquet", 0.0001, seed=4, data_dir=tmp_path)
+    src, why = peers.peer_source("ogr2ogr_tuned", parquet)
+    if peers.gdal_has_driver("Parquet"):
+        assert (src, why) == (parquet, None)
+    else:
+        assert src.kind == "gpkg" and src.rows == parquet.rows and src.path.parent == tmp_path
+        assert "has no Parquet driver" in str(why)
+    assert peers.peer_source("geopandas", parquet) == (parquet, None)
+    heavy = data.Dataset(kind=data.HEAVY, path=tmp_path / "x.json", rows=1, layer="", seed=0)
+    assert not peers.runs_on("ogr2ogr_makevalid", parquet) and peers.runs_on("ogr2ogr_makevalid", heavy)
+    assert peers.peer_available("geopandas", heavy) and peers.peer_available("ogr2ogr_default", heavy)
+
+
+def test_own_time_is_counted_by_innermost_frame() -> None:
+    from bench.geoetl_run import own_time
+
+    raw = ("<module> (w.py:1);run (w.py:10);make_valid (shapely/constructive.py:700) 30\n"
+           "<module> (w.py:1);run (w.py:10) 5\n"
+           "<module> (w.py:1);copy (t.py:3);make_valid (shapely/constructive.py:700) 7\n"
+           "garbage line\n")
+    assert own_time(raw) == {"make_valid (shapely/constructive.py:700)": 37, "run (w.py:10)": 5}
+
+
+def test_isolate_points_the_settings_at_the_benchmarks_own_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import geoetl_run
+    from config import get_settings, reset_settings
+
+    for key in ("API_PORT", "BLOB_PORT", "PUBLIC_BASE_URL", "AZURE_STORAGE_CONNECTION_STRING", "GEOETL_RUN_DIR",
+                "DATABASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(geoetl_run, "RUN_DIR", geoetl_run.RUN_DIR)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@db.example:5433/geoetl?sslmode=disable")
+    reset_settings()
+    try:
+        assert geoetl_run.isolate(None, None, None) == {}
+        env = geoetl_run.isolate(7145, 10145, "geoetl_bench_wt")
+        s = get_settings()
+        assert s.dsn == "postgresql://u:p@db.example:5433/geoetl_bench_wt?sslmode=disable"
+        assert "BlobEndpoint=http://127.0.0.1:10145/devstoreaccount1;" in s.azure_storage_connection_string \
+            .get_secret_value()
+        assert "AccountKey=" in s.azure_storage_connection_string.get_secret_value()
+        assert s.public_base_url == "http://127.0.0.1:7145" and s.api_port == 7145
+        assert env["GEOETL_RUN_DIR"] == ".run/bench-7145-10145"
+        assert geoetl_run.RUN_DIR == geoetl_run.ROOT / ".run" / "bench-7145-10145"
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+
+
+def _results_13() -> dict:
+    res = _results()
+    ds = res["sections"]["ingest"]["datasets"]
+    full = {"worker_peak_rss_mb": 300.0, "peak_rss_mb": {"worker-1": 300.0}}
+
+    def runs(tuned: float, geoetl: float, rss: float = 300.0, **extra: object) -> list[dict]:
+        return [{"peer": "ogr2ogr_tuned", "seconds": tuned, **extra},
+                {"peer": "geoetl", "seconds": geoetl, **full, "worker_peak_rss_mb": rss, "features_repaired": 167,
+                 "seconds_per_stage": {"prepare_chunks": 1.0, "upload_chunks": 4.0},
+                 "task_seconds": {"1": {"tasks": 1, "sum_s": 1.0, "max_s": 1.0}}}]
+
+    source = {"file": "polygons_1000000_seed1_v1.gpkg", "why": "GDAL 3.6.2 has no Parquet driver: ogr2ogr loads"
+              " the GeoPackage of the same rows"}
+    ds["csv"] = {"rows": 1_000_000, "runs": runs(10.0, 9.0)}
+    ds["shp"] = {"rows": 10_000, "runs": runs(10.0, 13.0)}
+    ds["parquet"] = {"rows": 1_000_000, "runs": runs(10.0, 8.0, source=source)}
+    ds["maritime"] = {"rows": 250, "runs": [*runs(20.0, 50.0, rss=900.0),
+                                            {"peer": "ogr2ogr_makevalid", "seconds": 60.0}]}
+    ds["shp"]["profile_run"] = {**runs(0, 14.0)[1], "profile": {
+        "tool": "py-spy record", "samples": 1000, "errors": [],
+        "top_own": [{"function": f"f{i} (m.py:{i})", "samples": 300 - 40 * i, "share": (300 - 40 * i) / 1000}
+                    for i in range(7)]}}
+    ds["maritime"]["profile_run"] = {**runs(0, 55.0)[1], "profile": {
+        "tool": None, "samples": 0, "top_own": [], "errors": ["py-spy on worker pid 12 (exit 1): Permission denied"]}}
+    return res
+
+
+def test_issue_13_targets_and_where_the_time_goes() -> None:
+    md = report.render(_results_13())
+    assert md.count("## Targets") == 1
+    assert "| 7 | geoetl end to end ≤ 1.0x tuned ogr2ogr, 1M GeoPackage | 0.82x | yes |" in md
+    assert "| 13 | geoetl end to end ≤ 0.7x tuned ogr2ogr, 1M GeoPackage | 0.82x | **no** |" in md
+    assert "| 13 | geoetl end to end ≤ 1.0x tuned ogr2ogr, 1M CSV | 0.90x | yes |" in md
+    assert "| 13 | geoetl end to end ≤ 1.0x tuned ogr2ogr, 1M Shapefile | 1.30x (at 10k rows, not the 1M file) |" \
+        " **no** |" in md
+    assert "| 13 | geoetl end to end ≤ 1.0x tuned ogr2ogr, 1M GeoParquet | 0.80x; baseline: ogr2ogr on the" \
+        " GeoPackage of the same rows | yes |" in md
+    assert "| 13 | geoetl end to end ≤ 1.0x tuned ogr2ogr, 200k GeoJSON | not measured | - |" in md
+    assert "| 13 | heavy real polygons (countries-maritime-10m): geoetl repairing ≤ 2.0x ogr2ogr tuned without" \
+        " repair | 2.50x; 167 features repaired | **no** |" in md
+    assert "| 13 | worker peak RSS ≤ 400 MB, heavy real polygons (countries-maritime-10m) | 900 MB | **no** |" in md
+    assert "| 13 | worker peak RSS ≤ 400 MB, Shapefile | 300 MB (at 10k rows, not the 1M file) | yes |" in md
+    assert "| maritime | 250 |" in md and "(b') ogr2ogr tuned -makevalid | 60.00 | 3.00x |" in md
+    assert "GeoParquet (parquet): GDAL 3.6.2 has no Parquet driver" in md
+
+    where = md[md.index("## Where the time goes"):md.index("## Orchestration")]
+    assert "### Shapefile (shp): end to end 1.30x > 1.0x tuned ogr2ogr" in where
+    assert "### heavy real polygons (countries-maritime-10m) (maritime): end to end 2.50x > 2.0x tuned ogr2ogr;" \
+        " worker peak 900 MB > 400 MB" in where
+    assert "### GeoPackage (gpkg): end to end 0.82x > 0.7x tuned ogr2ogr" in where
+    assert "### CSV" not in where and "### GeoParquet" not in where
+    assert "| `f0 (m.py:0)` | 300 | 30.0 % |" in where and "| `f4 (m.py:4)` | 140 | 14.0 % |" in where
+    assert "f5 (m.py:5)" not in where  # the top 5 only (the JSON keeps more)
+    assert "py-spy could not profile: `py-spy on worker pid 12 (exit 1): Permission denied`" in where
+    assert "upload_chunks 4.00 s" in where and "stage 1: 1 tasks, 1.00 s summed" in where
+    assert "no profiled run" in where  # the GeoPackage of _results() has none
+
+
+def test_missed_targets_names_each_miss() -> None:
+    s = report.summarise_ingest(_results_13()["sections"]["ingest"])
+    assert report.missed_targets("csv", s["csv"]) == []
+    assert report.missed_targets("maritime", s["maritime"]) == ["end to end 2.50x > 2.0x tuned ogr2ogr",
+                                                              "worker peak 900 MB > 400 MB"]
+    assert report.missed_targets("gpkg", {"ogr2ogr_tuned": {"ratio": 1.0}}) == []
