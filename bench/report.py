@@ -88,7 +88,8 @@ def summarise_ingest(ingest: dict[str, Any]) -> dict[str, dict[str, dict[str, An
                 "median_s": median([r["seconds"] for r in ok]),
                 "runs_s": [r["seconds"] for r in ok],
                 "failed": len(runs) - len(ok),
-                "errors": sorted({str(r.get("error"))[:300] for r in runs if r.get("error")}),
+                # one line each (a traceback's last lines say the most), so the markdown list stays a list
+                "errors": sorted({" ".join(str(r.get("error")).split())[-300:] for r in runs if r.get("error")}),
                 "peak_rss_mb": max(rss) if rss else None,
                 "skipped": (d.get("skipped") or {}).get(peer),
             }
