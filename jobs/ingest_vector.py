@@ -315,12 +315,11 @@ class IngestVectorJob(JobBase):
             columns = [{"name": c["name"], "type": c["type"]} for c in prep["columns"]]
             described = [{**c, "source_name": c.get("source_name")} for c in prep["columns"]]
             catalog = {"indexes": prep["indexes"], "geometry_type": prep["geometry_type"], "columns": described}
-            if prep.get("mode") == "slices":
+            if prep.get("mode") == "parts":  # each task reads its own part (services/vector/parts.py)
                 keys = ("blob_name", "container_name", "converter_params", "geometry_params")
-                source = {k: params[k] for k in keys} | {
-                    k: prep[k] for k in ("layer", "fid_column", "first_fid", "version", "geometry_families")
-                } | {"declared_geometry_type": prep.get("declared_geometry_type")}
-                per_chunk = [{"fids": chunk["fids"], **source} for chunk in prep["chunks"]]
+                shared = {k: params[k] for k in keys} | prep["source"]
+                shared["geometry_families"] = prep["geometry_families"]
+                per_chunk = [{**shared, **part} for part in prep["chunks"]]
             else:
                 container = prep["intermediate_container"]
                 repair = {"geometry_params": params["geometry_params"], "source_file": params["blob_name"]}
@@ -414,7 +413,7 @@ class IngestVectorJob(JobBase):
                 "source_crs": prep.get("source_crs"),
                 "encoding": prep.get("encoding"),
                 "chunk_size": prep.get("chunk_size"),
-                "read_in_place": prep.get("mode") == "slices",
+                "read_in_place": prep.get("mode") == "parts",
                 "values_out_of_range": out_of_range,
             },
             "stac": {
