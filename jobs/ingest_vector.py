@@ -1,12 +1,17 @@
 """ingest_vector: a vector file in blob storage -> one PostGIS table + its STAC item.
 
-Stage 1 (single)  prepare_chunks      plan: a GeoPackage with a declared geometry type -> fid-range slices
-                                      read in place; any other file is converted once into raw GeoParquet
-                                      chunks (reprojected, typed, promoted, invalid rows only marked)
+Stage 1 (single)  prepare_chunks      plan the parts (services/vector/parts.py), reading only the file's
+                                      description: a GeoPackage with a declared geometry type -> fid ranges
+                                      read in place; a Shapefile (zipped: extracted once into the job's
+                                      chunk area) -> record ranges from its .shx. Any other file is
+                                      converted once into raw GeoParquet chunks (reprojected, typed,
+                                      promoted, invalid rows only marked)
 Stage 2 (fan-out) upload_chunks       staging table created once (setup_stage), then one task per part: it
-                                      reads its chunk or slice, repairs invalid geometries
-                                      (geometry_params.invalid, a time budget per feature) and COPYs into
-                                      the staging table, updating its progress as it goes
+                                      reads its own part (a fid range in place; a record range by range
+                                      reads of the .shp/.dbf into a small Shapefile of its own, which GDAL
+                                      reads as it reads the whole file; or a chunk), repairs invalid
+                                      geometries (geometry_params.invalid, a time budget per feature) and
+                                      COPYs into the staging table, updating its progress as it goes
 Stage 3 (single)  create_stac_record  indexes and ANALYZE in staging, then publish in one transaction:
                                       move (or append) into the target, owner comment, STAC item (publish.py)
 
@@ -27,12 +32,18 @@ Policies (the user-visible decisions):
   in the result and the STAC item); collisions and the reserved `id`/`geom` get _2, _3...
   Timestamps without a zone are taken as UTC.
 - chunk_size absent: 1 chunk up to 25k features, ~8 chunks up to 800k, then 100k rows per chunk
-  (and at most ~64 MB of geometry per chunk). A GeoPackage slice is chunk_size fids wide.
+  (and at most ~64 MB of geometry per chunk; for a Shapefile, of .shp bytes). A GeoPackage slice is
+  chunk_size fids wide; a Shapefile part chunk_size records.
 - A GeoPackage layer declaring one geometry type (POLYGON, MULTIPOINT, ...) gets the Multi* column of it
   from the declaration; a feature of another type fails the job naming the layer (the GeoPackage
   standard requires features of the declared type). A GEOMETRY layer (or a blob name holding a %XX escape,
   which GDAL would decode) is read whole, as any other file.
   A GeoPackage replaced while its slices are read fails the job ("submit the job again").
+- A Shapefile's column types, CRS and encoding come from GDAL reading its headers (a header-only copy),
+  its geometry family from the .shp header's shape type (MultiPatch and Null-shape headers are converted
+  once instead); a shape of another type fails the job. Every range read of its .shp/.shx/.dbf/.prj/.cpg
+  is conditioned on the ETag stage 1 read: a file replaced while the job runs fails it ("submit the job
+  again"). Feature numbers in messages are file-wide (record numbers from 0), whatever the part.
 - Exactly-once load: each chunk's COPY runs in the transaction that completes its task; a duplicate
   delivery is rolled back by the CoreMachine, a killed worker's COPY never commits.
 - KML/KMZ without layer_name read every layer (folder). A 0-byte blob is refused at submit (400).

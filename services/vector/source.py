@@ -325,7 +325,7 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
         cpg = local.with_suffix(".cpg")
         with open(local.with_suffix(".dbf"), "rb") as f:
             dbf_head = f.read(32)
-        _shapefile_encoding(src, cpg.read_bytes() if cpg.exists() else None, dbf_head)
+        shapefile_encoding(src, cpg.read_bytes() if cpg.exists() else None, dbf_head)
     elif ext == "csv":
         src.open_options = _csv_options(local, blob_name, conv)
         src.layers = [LayerSource(path, None, f"CSV '{blob_name}'")]
@@ -346,7 +346,7 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
         _check_zipped_shapefile(local, members, member, blob_name)
         inner = f"/vsizip/{local}/{member.filename}"
         src.layers = [LayerSource(inner, None, f"Shapefile '{member.filename}' in '{blob_name}'")]
-        _shapefile_encoding(src, *_zipped_sidecars(local, members, member))
+        shapefile_encoding(src, *_zipped_sidecars(local, members, member))
     elif ext in _other_formats():
         from services.vector.gdal_formats import open_other
 
@@ -387,7 +387,7 @@ _LDID_CODE_PAGES = {
 }
 
 
-def _shapefile_encoding(src: Source, cpg: bytes | None, dbf_head: bytes) -> None:
+def shapefile_encoding(src: Source, cpg: bytes | None, dbf_head: bytes) -> None:
     """The DBF's encoding as GDAL decides it: converter_params.encoding, else the .cpg, else the DBF's
     language-driver byte, else ISO-8859-1. GDAL recodes to UTF-8 itself when it reports UTF-8 (a .cpg it
     understood); otherwise (no .cpg: GDAL reports the language driver's code page or ISO-8859-1) pyogrio's
