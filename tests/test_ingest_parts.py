@@ -165,8 +165,9 @@ def test_latin1_shapefile_without_cpg_in_parts_is_decoded_as_gdal_decides(db, dr
     assert assert_as_gdal_reads(db, job, table, files[".shp"], "name") == 177
     s = job["result_data"]["summary"]
     assert s["encoding"] == "ISO-8859-1" and s["total_chunks"] == 5 and s["read_in_place"]
-    got = db.execute(sql.SQL("SELECT count(*) AS n FROM geo.{} WHERE name = %s").format(sql.Identifier(table)),
-                     ["Côte d'Ivoire"]).fetchone()
+    got = db.execute(
+        sql.SQL("SELECT count(*) AS n FROM geo.{} WHERE name = %s").format(sql.Identifier(table)), ["Côte d'Ivoire"]
+    ).fetchone()
     assert got["n"] == 1
 
 
@@ -228,7 +229,8 @@ def test_a_shapefile_replaced_while_its_parts_load_fails_the_job(db, drain, nonc
     assert replaced == [0]
     job = vf.job_row(db, job_id)
     assert "parcels.shp' was replaced while the job was loading it; submit the job again" in json.dumps(
-        job["error_details"])
+        job["error_details"]
+    )
     assert not vf.table_exists(db, "geo", table)
 
 
