@@ -3,13 +3,17 @@
 Stage 1 (single)  prepare_chunks      plan the parts (services/vector/parts.py), reading only the file's
                                       description: a GeoPackage with a declared geometry type -> fid ranges
                                       read in place; a Shapefile (zipped: extracted once into the job's
-                                      chunk area) -> record ranges from its .shx. Any other file is
-                                      converted once into raw GeoParquet chunks (reprojected, typed,
-                                      promoted, invalid rows only marked)
+                                      chunk area) -> record ranges from its .shx; a CSV with coordinate
+                                      columns -> byte ranges on record boundaries. Any other file (and a
+                                      CSV whose records cannot be planned) is converted once into raw
+                                      GeoParquet chunks (reprojected, typed, promoted, invalid rows only
+                                      marked)
 Stage 2 (fan-out) upload_chunks       staging table created once (setup_stage), then one task per part: it
                                       reads its own part (a fid range in place; a record range by range
-                                      reads of the .shp/.dbf into a small Shapefile of its own, which GDAL
-                                      reads as it reads the whole file; or a chunk), repairs invalid
+                                      reads of the .shp/.dbf into a small Shapefile of its own, a byte
+                                      range into a CSV of its own with the header and a .csvt of the whole
+                                      file's types: GDAL reads them as it reads the whole file; or a
+                                      chunk), repairs invalid
                                       geometries (geometry_params.invalid, a time budget per feature) and
                                       COPYs into the staging table, updating its progress as it goes
 Stage 3 (single)  create_stac_record  indexes and ANALYZE in staging, then publish in one transaction:
@@ -44,6 +48,10 @@ Policies (the user-visible decisions):
   once instead); a shape of another type fails the job. Every range read of its .shp/.shx/.dbf/.prj/.cpg
   is conditioned on the ETag stage 1 read: a file replaced while the job runs fails it ("submit the job
   again"). Feature numbers in messages are file-wide (record numbers from 0), whatever the part.
+- A CSV with lat_name/lon_name is downloaded once in stage 1: GDAL's type detection over the whole file
+  gives the column types (written as a .csvt beside each part) and a scan of quote parity gives the
+  record boundaries. Blank lines, unbalanced quotes, a header-less file (or one whose names GDAL
+  changed) and WKT geometries (the column type depends on every feature) are converted once instead.
 - Exactly-once load: each chunk's COPY runs in the transaction that completes its task; a duplicate
   delivery is rolled back by the CoreMachine, a killed worker's COPY never commits.
 - KML/KMZ without layer_name read every layer (folder). A 0-byte blob is refused at submit (400).
@@ -174,8 +182,10 @@ class IngestVectorJob(JobBase):
     description = "Load a vector file into a PostGIS table with parallel chunked COPY, and catalog it in STAC"
     stages = [
         Stage(1, "prepare_chunks", PREPARE, "fan_out",
-              "read, validate, repair and chunk the file (GeoParquet); a GeoPackage in fid-range slices"),
-        Stage(2, "upload_chunks", LOAD, "fan_out", "COPY each chunk into the table created before the fan-out"),
+              "plan the file's parts (GeoPackage fid ranges, Shapefile record ranges, CSV byte ranges), or convert "
+              "it once into GeoParquet chunks"),
+        Stage(2, "upload_chunks", LOAD, "fan_out",
+              "each task reads its part, repairs it and COPYs it into the table created before the fan-out"),
         Stage(3, "create_stac_record", CATALOG, "single", "indexes, ANALYZE and the STAC item"),
     ]
     Parameters = IngestVectorParameters

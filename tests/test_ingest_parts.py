@@ -258,3 +258,137 @@ def test_a_shx_pointing_past_the_shp_fails_naming_both(db, drain, nonce):
     assert job["status"] == "failed"
     err = job["error_details"]["error"]
     assert f"'{nonce}/parcels.shx' places shape 12 at bytes 2000000.." in err and "parcels.shp'" in err, err
+
+
+# ---------------------------------------------------------------- CSV byte ranges
+
+CSV_OPTIONS = {"AUTODETECT_TYPE": "YES", "AUTODETECT_SIZE_LIMIT": "0", "EMPTY_STRING_AS_NULL": "YES",
+               "X_POSSIBLE_NAMES": "lon", "Y_POSSIBLE_NAMES": "lat", "KEEP_GEOM_COLUMNS": "YES"}  # fmt: skip
+
+
+def csv_params(blob: str, table: str, **extra: Any) -> dict[str, Any]:
+    conv = {"lat_name": "lat", "lon_name": "lon"}
+    return {"blob_name": blob, "file_extension": "csv", "table_name": table, "converter_params": conv, **extra}
+
+
+def varied_csv(n: int, late: dict[int, dict[str, str]] | None = None) -> bytes:
+    """Quoted commas, doubled quotes and newlines inside quotes, empty cells, dates; `late` overrides cells
+    of some rows (a type only the end of the file reveals)."""
+    rows = []
+    for i in range(n):
+        row = {
+            "key": str(i),
+            "name": f'"line {i}, with ""quotes""\nand a second line"' if i % 4 == 0 else f"plain {i}",
+            "count": str(i * 3),
+            "big": str(i),
+            "ratio": "" if i % 9 == 0 else f"{i / 7:.6f}",
+            "day": f"2020-{1 + i % 12:02d}-{1 + i % 28:02d}",
+            "lat": f"{45 + (i % 90) / 10:.4f}",
+            "lon": f"{-5 + (i % 100) / 10:.4f}",
+        }
+        row |= (late or {}).get(i, {})
+        rows.append(",".join(row.values()))
+    return ("key,name,count,big,ratio,day,lat,lon\n" + "\n".join(rows) + "\n").encode()
+
+
+def test_csv_in_byte_ranges_is_typed_and_read_as_gdal_reads_the_whole_file(db, drain, nonce, monkeypatch):
+    n = 700
+    late = {650: {"count": "not a number"}, 680: {"big": "9999999999"}, 690: {"ratio": "12345678901234"}}
+    data = varied_csv(n, late)
+    path = vf.tmpdir() / "points.csv"
+    path.write_bytes(data)
+    blob = vf.upload(f"{nonce}/points.csv", data)
+    table = f"csvparts_{nonce}"
+    job = vf.run_ingest(drain, db, csv_params(blob, table, chunk_size=100))
+    assert job["status"] == "completed", job["error_details"]
+    expected = pyogrio.read_dataframe(path, **CSV_OPTIONS)
+    assert expected["count"].dtype.kind not in "iuf"  # the last parts make it text for every part
+    names = {c["source_name"]: c["name"] for c in job["result_data"]["summary"]["columns"]}
+    query = sql.SQL("SELECT *, ST_AsBinary(geom) AS wkb_ FROM geo.{}").format(sql.Identifier(table))
+    rows = {r["key"]: r for r in db.execute(query).fetchall()}
+    assert len(rows) == n == len(expected)
+    for rec, geom in zip(expected.drop(columns="geometry").to_dict("records"), expected.geometry, strict=True):
+        row = rows[rec["key"]]
+        for col, value in rec.items():
+            assert same_value(row[names[col]], value), (col, rec["key"], row[names[col]], value)
+        assert shapely.from_wkb(bytes(row["wkb_"])).equals(as_multi(geom)), rec["key"]
+    s = job["result_data"]["summary"]
+    assert s["read_in_place"] and s["total_chunks"] == 7 and s["data_complete"]
+    loads = stage_tasks(db, job["job_id"], 2)
+    assert {t["parameters"]["kind"] for t in loads} == {"csv_bytes"}
+    assert [t["parameters"]["records"][0] for t in loads] == list(range(0, n, 100))
+
+    whole = whole_file_job(drain, db, monkeypatch, csv_params(blob, f"csvwhole_{nonce}"))
+    assert whole["result_data"]["summary"]["columns"] == s["columns"]
+    assert vf.columns_of(db, "geo", f"csvwhole_{nonce}") == vf.columns_of(db, "geo", table)
+    got = vf.columns_of(db, "geo", table)
+    assert (got["count"], got["big"], got["day"]) == ("text", "bigint", "date")
+
+
+@pytest.mark.parametrize(
+    "case, data",
+    [
+        ("blank", b"key,lat,lon\n1,1,2\n\n2,3,4\n3,5,6\n"),
+        ("headerless", b"1,1,2\n2,3,4\n3,5,6\n"),
+        ("crlf_blank", b"key,lat,lon\r\n1,1,2\r\n\r\n2,3,4\r\n"),
+    ],
+)
+def test_csv_whose_records_cannot_be_planned_is_converted_once(db, drain, nonce, case, data):
+    blob = vf.upload(f"{nonce}/{case}.csv", data)
+    table = f"csvfb_{case}_{nonce}"
+    conv = {"lat_name": "field_2", "lon_name": "field_3"} if case == "headerless" else {}
+    params = csv_params(blob, table, chunk_size=1)
+    params["converter_params"] |= conv
+    job = vf.run_ingest(drain, db, params)
+    assert job["status"] == "completed", job["error_details"]
+    s = job["result_data"]["summary"]
+    assert s["read_in_place"] is False
+    path = vf.tmpdir() / "x.csv"
+    path.write_bytes(data)
+    expected = pyogrio.read_dataframe(
+        path,
+        **(
+            CSV_OPTIONS
+            | {
+                "X_POSSIBLE_NAMES": params["converter_params"]["lon_name"],
+                "Y_POSSIBLE_NAMES": params["converter_params"]["lat_name"],
+            }
+        ),
+    )
+    assert s["total_rows_uploaded"] == len(expected)
+
+
+def test_csv_coordinates_gdal_cannot_parse_in_a_later_part_name_the_file_wide_feature(db, drain, nonce, monkeypatch):
+    data = varied_csv(300, {250: {"lat": "north"}})
+    blob = vf.upload(f"{nonce}/north.csv", data)
+    job = vf.run_ingest(drain, db, csv_params(blob, f"csvnorth_{nonce}", chunk_size=100))
+    assert job["status"] == "failed"
+    err = job["error_details"]["error"]
+    assert f"CSV '{blob}': feature 250 has 'north' in column 'lat' (converter_params.lat_name)" in err, err
+    assert job["error_details"]["stage"] == 2
+    whole = whole_file_job(drain, db, monkeypatch, csv_params(blob, f"csvnorthw_{nonce}"))
+    assert whole["error_details"]["error"] == err
+
+
+def test_a_csv_replaced_while_its_parts_load_fails_the_job(db, drain, nonce, monkeypatch):
+    from services.vector import prepare
+
+    data = varied_csv(300)
+    blob = vf.upload(f"{nonce}/moving.csv", data)
+    replaced: list[int] = []
+    original = prepare.SourceReader._batch
+
+    def batch_then_replace(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if not replaced and self.src.ext == "csv":
+            replaced.append(self.src.layers[0].offset)
+            vf.upload(blob, data)  # same name, new ETag
+
+    monkeypatch.setattr(prepare.SourceReader, "_batch", batch_then_replace)
+    table = f"csvmoving_{nonce}"
+    job_id = submit("ingest_vector", csv_params(blob, table, chunk_size=100))
+    assert drain(job_id) == "failed"
+    assert replaced == [0]
+    err = json.dumps(vf.job_row(db, job_id)["error_details"])
+    assert "moving.csv' was replaced while the job was loading it; submit the job again" in err
+    assert not vf.table_exists(db, "geo", table)

@@ -200,6 +200,8 @@ def _load_part(params: dict[str, Any], kind: PartKind, ctx: TaskContext) -> dict
             reader = SourceReader(src, geometry_options(params, progress=progress), sink)
             reader.progress = progress
             reader.read_all()
+            if kind.check is not None:
+                kind.check(params, src, reader.stats)
     kind.confirm(params, store)  # the file did not change while this part was read
     stats = reader.stats
     dropped = {"null_geometry": stats.null_geometry, "collapsed": stats.collapsed}

@@ -69,7 +69,7 @@ SHAPEFILE_GEOMETRY_RULE = "a Shapefile's shapes must all have the shape type its
 FILES = (".shp", *SHAPEFILE_SIDECARS)
 
 
-def _fetch(
+def fetch(
     store: BlobStore, container: str, entry: dict[str, Any], offset: int, length: int | None, out: BinaryIO
 ) -> None:
     """A byte range of one of the files, from the version stage 1 planned from."""
@@ -84,7 +84,7 @@ def _fetch(
 
 def _read(store: BlobStore, container: str, entry: dict[str, Any], offset: int, length: int | None) -> bytes:
     buf = io.BytesIO()
-    _fetch(store, container, entry, offset, length, buf)
+    fetch(store, container, entry, offset, length, buf)
     return buf.getvalue()
 
 
@@ -106,7 +106,7 @@ def write_part(
     shp = folder / "source.shp"
     with open(shp, "wb") as f:
         f.write(head)
-        _fetch(store, container, files[".shp"], lo, hi - lo, f)
+        fetch(store, container, files[".shp"], lo, hi - lo, f)
     index = np.frombuffer(_read(store, container, files[".shx"], 100 + 8 * first, 8 * count), dtype=">i4")
     index = index.reshape(-1, 2).copy()
     if len(index) != count:
@@ -121,7 +121,7 @@ def write_part(
     header[4:8] = struct.pack("<I", count)
     with open(folder / "source.dbf", "wb") as f:
         f.write(header)
-        _fetch(store, container, files[".dbf"], header_len + first * record_len, count * record_len, f)
+        fetch(store, container, files[".dbf"], header_len + first * record_len, count * record_len, f)
         f.write(b"\x1a")
     for suffix in (".prj", ".cpg"):
         if suffix in files:

@@ -287,7 +287,7 @@ def _kml_layers(path: str, blob_name: str, layer_name: str | None) -> list[Layer
     return [LayerSource(path, n, f"'{blob_name}' layer '{n}'") for n in names]
 
 
-def _csv_options(local: Path, blob_name: str, conv: dict[str, Any]) -> dict[str, str]:
+def csv_options(local: Path, blob_name: str, conv: dict[str, Any]) -> dict[str, str]:
     header = [str(f) for f in pyogrio.read_info(str(local))["fields"]]
     for param in ("lat_name", "lon_name", "wkt_column"):
         name = conv.get(param)
@@ -327,7 +327,7 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
             dbf_head = f.read(32)
         shapefile_encoding(src, cpg.read_bytes() if cpg.exists() else None, dbf_head)
     elif ext == "csv":
-        src.open_options = _csv_options(local, blob_name, conv)
+        src.open_options = csv_options(local, blob_name, conv)
         src.layers = [LayerSource(path, None, f"CSV '{blob_name}'")]
     elif ext == "gpkg":
         src.layers = gpkg_layers(path, blob_name, conv.get("layer_name"))
@@ -494,18 +494,18 @@ def _not_wkt(col: pa.Array) -> tuple[int, str] | None:
     return int(where[j]), str(values[j])
 
 
-def unparsed_csv_geometry(local: Path, label: str, conv: dict[str, Any]) -> str | None:
+def unparsed_csv_geometry(local: Path, label: str, conv: dict[str, Any], offset: int = 0) -> str | None:
     """Why CSV rows came without a geometry although their coordinate/WKT columns hold text.
 
     GDAL turns coordinates it cannot parse ('north', '1,5', 'nan') and WKT it cannot read into a
     NULL geometry without a word; this second pass, run only when null geometries were seen, finds
-    the first such row so that the job can name it instead of dropping it as "null".
+    the first such row so that the job can name it instead of dropping it as "null" (`offset`: the
+    records before this file, when it is a part of a bigger one).
     """
     if conv.get("wkt_column"):
         checks = [(conv["wkt_column"], "wkt_column", _not_wkt, "WKT")]
     else:
         checks = [(conv[p], p, _not_numbers, "a finite number") for p in ("lat_name", "lon_name")]
-    offset = 0
     with pyogrio.open_arrow(
         str(local), columns=[c[0] for c in checks], read_geometry=False, batch_size=50_000, use_pyarrow=True
     ) as (_meta, reader):
