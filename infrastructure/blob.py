@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
 from abc import ABC, abstractmethod
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from config import get_settings
 from infrastructure.memory import release_free_memory
@@ -44,6 +45,14 @@ def check_blob_name(name: str) -> str:
     return name
 
 
+class BlobChanged(Exception):
+    """A blob read in parts was replaced (or deleted) after the version the reader planned from."""
+
+    def __init__(self, name: str, deleted: bool) -> None:
+        super().__init__(f"blob '{name}' was {'deleted' if deleted else 'replaced'}")
+        self.name, self.deleted = name, deleted
+
+
 class BlobStore(ABC):
     backend: str
 
@@ -73,6 +82,20 @@ class BlobStore(ABC):
 
     @abstractmethod
     def read_bytes(self, container: str, name: str) -> bytes: ...
+
+    @abstractmethod
+    def download_range(
+        self, container: str, name: str, offset: int, length: int | None, out: BinaryIO, version: str
+    ) -> None:
+        """Write `length` bytes from `offset` (to the end when None) into out, only from the blob's version
+        `version` (blob_version): a file read in parts by several tasks must not mix two versions. Raises
+        BlobChanged when the blob was replaced or deleted since. Memory stays bounded whatever the length."""
+
+    def read_range(self, container: str, name: str, offset: int, length: int | None, version: str) -> bytes:
+        """download_range into memory: for headers and other small parts."""
+        buf = io.BytesIO()
+        self.download_range(container, name, offset, length, buf, version)
+        return buf.getvalue()
 
     @abstractmethod
     def gdal_access(self, container: str, name: str) -> tuple[str, dict[str, str]]:
@@ -167,6 +190,29 @@ class AzureBlobStore(BlobStore):
     def read_bytes(self, container: str, name: str) -> bytes:
         return bytes(self.client.get_blob_client(container, check_blob_name(name)).download_blob().readall())
 
+    def download_range(
+        self, container: str, name: str, offset: int, length: int | None, out: BinaryIO, version: str
+    ) -> None:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        if length == 0:
+            return
+        blob = self.client.get_blob_client(container, check_blob_name(name))
+        try:  # If-Match on every range request: the service answers 412 once the blob was replaced
+            downloader = blob.download_blob(
+                offset=offset,
+                length=length,
+                etag=version,
+                match_condition=MatchConditions.IfNotModified,
+                max_concurrency=TRANSFER_STREAMS,
+            )
+            downloader.readinto(out)
+        except ResourceModifiedError:
+            raise BlobChanged(name, deleted=False) from None
+        except ResourceNotFoundError:
+            raise BlobChanged(name, deleted=True) from None
+
     def gdal_access(self, container: str, name: str) -> tuple[str, dict[str, str]]:
         return f"/vsiaz/{check_container_name(container)}/{check_blob_name(name)}", self._gdal_options
 
@@ -243,6 +289,28 @@ class LocalBlobStore(BlobStore):
 
     def read_bytes(self, container: str, name: str) -> bytes:
         return self._path(container, name).read_bytes()
+
+    def download_range(
+        self, container: str, name: str, offset: int, length: int | None, out: BinaryIO, version: str
+    ) -> None:
+        """The version is checked before and after the read: a file replaced in between is refused."""
+        path = self._path(container, name)
+        now = self.blob_version(container, name)
+        if now != version:
+            raise BlobChanged(name, deleted=now is None)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            left = length
+            while left is None or left > 0:
+                block = f.read(4 * 1024**2 if left is None else min(left, 4 * 1024**2))
+                if not block:
+                    break
+                out.write(block)
+                if left is not None:
+                    left -= len(block)
+        now = self.blob_version(container, name)
+        if now != version:
+            raise BlobChanged(name, deleted=now is None)
 
     def gdal_access(self, container: str, name: str) -> tuple[str, dict[str, str]]:
         return str(self._path(container, name)), {}

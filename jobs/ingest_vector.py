@@ -1,12 +1,21 @@
 """ingest_vector: a vector file in blob storage -> one PostGIS table + its STAC item.
 
-Stage 1 (single)  prepare_chunks      plan: a GeoPackage with a declared geometry type -> fid-range slices
-                                      read in place; any other file is converted once into raw GeoParquet
-                                      chunks (reprojected, typed, promoted, invalid rows only marked)
+Stage 1 (single)  prepare_chunks      plan the parts (services/vector/parts.py), reading only the file's
+                                      description: a GeoPackage with a declared geometry type -> fid ranges
+                                      read in place; a Shapefile (zipped: extracted once into the job's
+                                      chunk area) -> record ranges from its .shx; a CSV with coordinate
+                                      columns -> byte ranges on record boundaries. Any other file (and a
+                                      CSV whose records cannot be planned) is converted once into raw
+                                      GeoParquet chunks (reprojected, typed, promoted, invalid rows only
+                                      marked)
 Stage 2 (fan-out) upload_chunks       staging table created once (setup_stage), then one task per part: it
-                                      reads its chunk or slice, repairs invalid geometries
-                                      (geometry_params.invalid, a time budget per feature) and COPYs into
-                                      the staging table, updating its progress as it goes
+                                      reads its own part (a fid range in place; a record range by range
+                                      reads of the .shp/.dbf into a small Shapefile of its own, a byte
+                                      range into a CSV of its own with the header and a .csvt of the whole
+                                      file's types: GDAL reads them as it reads the whole file; or a
+                                      chunk), repairs invalid
+                                      geometries (geometry_params.invalid, a time budget per feature) and
+                                      COPYs into the staging table, updating its progress as it goes
 Stage 3 (single)  create_stac_record  indexes and ANALYZE in staging (and, for a point table of
                                       TILE_OVERVIEW_MIN_ROWS rows, its crowded tiles: overviews.py), then publish
                                       in one transaction: move (or append) into the target, owner comment,
@@ -33,12 +42,22 @@ Policies (the user-visible decisions):
   in the result and the STAC item); collisions and the reserved `id`/`geom` get _2, _3...
   Timestamps without a zone are taken as UTC.
 - chunk_size absent: 1 chunk up to 25k features, ~8 chunks up to 800k, then 100k rows per chunk
-  (and at most ~64 MB of geometry per chunk). A GeoPackage slice is chunk_size fids wide.
+  (and at most ~64 MB of geometry per chunk; for a Shapefile, of .shp bytes). A GeoPackage slice is
+  chunk_size fids wide; a Shapefile part chunk_size records.
 - A GeoPackage layer declaring one geometry type (POLYGON, MULTIPOINT, ...) gets the Multi* column of it
   from the declaration; a feature of another type fails the job naming the layer (the GeoPackage
   standard requires features of the declared type). A GEOMETRY layer (or a blob name holding a %XX escape,
   which GDAL would decode) is read whole, as any other file.
   A GeoPackage replaced while its slices are read fails the job ("submit the job again").
+- A Shapefile's column types, CRS and encoding come from GDAL reading its headers (a header-only copy),
+  its geometry family from the .shp header's shape type (MultiPatch and Null-shape headers are converted
+  once instead); a shape of another type fails the job. Every range read of its .shp/.shx/.dbf/.prj/.cpg
+  is conditioned on the ETag stage 1 read: a file replaced while the job runs fails it ("submit the job
+  again"). Feature numbers in messages are file-wide (record numbers from 0), whatever the part.
+- A CSV with lat_name/lon_name is downloaded once in stage 1: GDAL's type detection over the whole file
+  gives the column types (written as a .csvt beside each part) and a scan of quote parity gives the
+  record boundaries. Blank lines, unbalanced quotes, a header-less file (or one whose names GDAL
+  changed) and WKT geometries (the column type depends on every feature) are converted once instead.
 - Exactly-once load: each chunk's COPY runs in the transaction that completes its task; a duplicate
   delivery is rolled back by the CoreMachine, a killed worker's COPY never commits.
 - KML/KMZ without layer_name read every layer (folder). A 0-byte blob is refused at submit (400).
@@ -169,8 +188,10 @@ class IngestVectorJob(JobBase):
     description = "Load a vector file into a PostGIS table with parallel chunked COPY, and catalog it in STAC"
     stages = [
         Stage(1, "prepare_chunks", PREPARE, "fan_out",
-              "read, validate, repair and chunk the file (GeoParquet); a GeoPackage in fid-range slices"),
-        Stage(2, "upload_chunks", LOAD, "fan_out", "COPY each chunk into the table created before the fan-out"),
+              "plan the file's parts (GeoPackage fid ranges, Shapefile record ranges, CSV byte ranges), or convert "
+              "it once into GeoParquet chunks"),
+        Stage(2, "upload_chunks", LOAD, "fan_out",
+              "each task reads its part, repairs it and COPYs it into the table created before the fan-out"),
         Stage(3, "create_stac_record", CATALOG, "single", "indexes, ANALYZE and the STAC item"),
     ]
     Parameters = IngestVectorParameters
@@ -321,12 +342,11 @@ class IngestVectorJob(JobBase):
             columns = [{"name": c["name"], "type": c["type"]} for c in prep["columns"]]
             described = [{**c, "source_name": c.get("source_name")} for c in prep["columns"]]
             catalog = {"indexes": prep["indexes"], "geometry_type": prep["geometry_type"], "columns": described}
-            if prep.get("mode") == "slices":
+            if prep.get("mode") == "parts":  # each task reads its own part (services/vector/parts.py)
                 keys = ("blob_name", "container_name", "converter_params", "geometry_params")
-                source = {k: params[k] for k in keys} | {
-                    k: prep[k] for k in ("layer", "fid_column", "first_fid", "version", "geometry_families")
-                } | {"declared_geometry_type": prep.get("declared_geometry_type")}
-                per_chunk = [{"fids": chunk["fids"], **source} for chunk in prep["chunks"]]
+                shared = {k: params[k] for k in keys} | prep["source"]
+                shared["geometry_families"] = prep["geometry_families"]
+                per_chunk = [{**shared, **part} for part in prep["chunks"]]
             else:
                 container = prep["intermediate_container"]
                 repair = {"geometry_params": params["geometry_params"], "source_file": params["blob_name"]}
@@ -420,7 +440,7 @@ class IngestVectorJob(JobBase):
                 "source_crs": prep.get("source_crs"),
                 "encoding": prep.get("encoding"),
                 "chunk_size": prep.get("chunk_size"),
-                "read_in_place": prep.get("mode") == "slices",
+                "read_in_place": prep.get("mode") == "parts",
                 "values_out_of_range": out_of_range,
             },
             "stac": {

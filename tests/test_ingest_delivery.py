@@ -131,9 +131,10 @@ def test_failed_job_leaves_no_table_and_no_chunks_and_reruns(db, drain, nonce):
     from core.submit import submit_job
     from infrastructure.blob import get_blob_store
 
-    blob = vf.upload(f"{nonce}/lost.csv", csv_points(1_000))
+    # GeoJSON: converted once into chunks in stage 1 (a CSV with coordinate columns is read in parts)
+    blob = vf.upload(f"{nonce}/lost.geojson", vf.geojson([(vf.points(1_000)[i], {"n": i}) for i in range(1_000)]))
     table = f"lost_{nonce}"
-    params = csv_params(blob, table, 400)
+    params = {"blob_name": blob, "file_extension": "geojson", "table_name": table, "chunk_size": 400}
     job_id = submit("ingest_vector", params)
     deleted = []
 

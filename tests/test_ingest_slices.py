@@ -67,7 +67,7 @@ def test_slices_partition_the_fids_and_load_every_row_once(db, drain, nonce):
     assert got == {"n": 700, "d": 700, "lo": 0, "hi": n - 1, "m": n - n // 2}
     assert vf.columns_of(db, "geo", table)["maybe"] == "bigint"
     (plan,) = stage_tasks(db, job["job_id"], 1)
-    assert plan["result_data"]["mode"] == "slices" and "chunks" in plan["result_data"]
+    assert plan["result_data"]["mode"] == "parts" and "chunks" in plan["result_data"]
     assert plan["result_data"]["rows_estimate"] == 700
     loads = stage_tasks(db, job["job_id"], 2)
     ranges = [t["parameters"]["fids"] for t in loads]
@@ -183,8 +183,7 @@ def test_a_file_replaced_after_planning_fails_the_slice_with_a_clear_message(non
     blob = upload_gpkg(nonce, "replaced", vf.frame(50))
     p = {"blob_name": blob, "container_name": vf.source_container(), "file_extension": "gpkg"}
     plan, _ = plan_slices(p, store)
-    keys = ("layer", "fid_column", "first_fid", "version")
-    task = p | {k: plan[k] for k in keys} | {"fids": plan["chunks"][0]["fids"]}
+    task = p | plan["source"] | plan["chunks"][0]
     assert slice_source(task, store).layers[0].where == '"fid" >= 1 AND "fid" < 51'
     upload_gpkg(nonce, "replaced", vf.frame(60))
     with pytest.raises(PermanentTaskError, match=r"replaced\.gpkg' was replaced while the job was loading it"):

@@ -1,8 +1,8 @@
-"""Stage 2 handler: COPY one chunk into the table, in the transaction that completes the task.
+"""Stage 2 handler: COPY one part into the table, in the transaction that completes the task.
 
-A chunk is either a GeoParquet file stage 1 prepared, or a fid range of a GeoPackage that this task
-reads in place and prepares itself (see slices.py). Either way the rows commit together with the
-task's completion or not at all: a worker killed mid-COPY leaves nothing behind, and a second
+A part is what stage 1 planned (parts.py: a GeoPackage fid range, a Shapefile record range), which
+this task reads and prepares itself, or a GeoParquet chunk stage 1 converted. Either way the rows
+commit together with the task's completion or not at all: a worker killed mid-COPY leaves nothing behind, and a second
 delivery of a completed task is rolled back by the framework. No DDL here: the table was created
 once, before the fan-out.
 """
@@ -31,9 +31,11 @@ from services.vector.chunks import read_chunk
 from services.vector.ewkb import to_ewkb
 from services.vector.geometry import GeometryStats, repair_marked
 from services.vector.identifiers import GEOMETRY_COLUMN, REPAIR_COLUMN
+from services.vector.parts import PartKind, part_kind
 from services.vector.prepare import SourceReader, geometry_options
 from services.vector.progress import TaskProgress
-from services.vector.slices import check_families, check_version, slice_source
+from services.vector.slices import check_families
+from services.vector.source import TEMP_PREFIX
 from services.vector.table import qualified
 
 LOAD_BATCH_ROWS = 20_000  # rows encoded at once; 50k raised a worker's peak RSS by ~50 MB at the same speed
@@ -44,8 +46,8 @@ class CopySink:
     """Prepared Arrow tables (geom as WKB + attributes) into an open binary COPY; see copy_into.
 
     Each column is cast to the table's type; a column a table never saw (another KML layer's) is NULL.
-    With `families`, a geometry of any other family is refused (a GeoPackage slice must hold what its
-    layer declares, since the column type was chosen from that declaration).
+    With `families`, a geometry of any other family is refused (a part must hold what its file declares,
+    since the column type was chosen from that declaration; `rule` says why in the message).
     """
 
     def __init__(
@@ -55,9 +57,10 @@ class CopySink:
         families: list[str] | None,
         label: str,
         declared: str | None,
+        rule: str | None = None,
     ) -> None:
         self._copy, self.columns = copy, columns
-        self.families, self.label, self.declared = families, label, declared
+        self.families, self.label, self.declared, self.rule = families, label, declared, rule
         self.known = {c["name"] for c in columns}
         self.stats = pgcopy.EncodeStats()
         self.rows = 0
@@ -65,7 +68,7 @@ class CopySink:
     def add(self, table: pa.Table | pa.RecordBatch, families: set[str] | None = None) -> None:
         checkpoint()  # a cancelled job's task stops between batches
         if self.families is not None and families:
-            check_families(families, self.families, self.label, self.declared)
+            check_families(families, self.families, self.label, self.declared, self.rule)
         unknown = [n for n in table.schema.names if n != GEOMETRY_COLUMN and n not in self.known]
         if unknown:
             raise PermanentTaskError(f"{self.label}: column(s) {', '.join(unknown)} are not in the table's columns")
@@ -95,6 +98,7 @@ def copy_into(
     families: list[str] | None = None,
     label: str = "",
     declared: str | None = None,
+    rule: str | None = None,
 ) -> Iterator[CopySink]:
     """One COPY (FORMAT BINARY) into schema.table; it ends when the block ends (aborted if it raised)."""
     names = [GEOMETRY_COLUMN] + [c["name"] for c in columns]
@@ -103,21 +107,19 @@ def copy_into(
     )
     with conn.cursor() as cur, cur.copy(target) as copy:
         copy.write(pgcopy.SIGNATURE)
-        yield CopySink(copy, columns, families, label, declared)
+        yield CopySink(copy, columns, families, label, declared, rule)
         copy.write(pgcopy.TRAILER)
 
 
 def load_vector_chunk(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     started = time.monotonic()
     schema, table = params["schema"], params["table_name"]
+    kind = part_kind(params)
     try:
-        if "fids" in params:
-            result = _load_slice(params, ctx)
-        else:
-            result = _load_prepared(params, ctx)
+        result = _load_prepared(params, ctx) if kind is None else _load_part(params, kind, ctx)
     except COPY_ERRORS as exc:
         # bad values, or rows wider than a PostgreSQL page (e.g. >1000 numeric columns): no retry helps
-        what = params.get("chunk_path") or f"fids {params['fids'][0]}..{params['fids'][1] - 1}"
+        what = params["chunk_path"] if kind is None else kind.describe(params)
         raise PermanentTaskError(f"loading chunk '{what}' into {schema}.{table} failed: {exc}") from None
     result |= {
         "chunk_index": params["chunk_index"],
@@ -177,32 +179,37 @@ def _repaired(table: pa.Table, params: dict[str, Any], options: Any, stats: Geom
     return table.set_column(index, GEOMETRY_COLUMN, wkb)
 
 
-def _load_slice(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
-    """A fid range of a GeoPackage, read in place, prepared and COPYed batch by batch (memory stays bounded)."""
+def _load_part(params: dict[str, Any], kind: PartKind, ctx: TaskContext) -> dict[str, Any]:
+    """A part stage 1 planned, read by this task (in place, or its byte ranges into a folder), prepared and
+    COPYed batch by batch (memory stays bounded)."""
     store = get_blob_store()
-    src = slice_source(params, store)
-    label = src.layers[0].label
-    with copy_into(
-        ctx.conn,
-        params["schema"],
-        params["table_name"],
-        params["columns"],
-        families=params["geometry_families"],
-        label=label,
-        declared=params.get("declared_geometry_type"),
-    ) as sink:
-        progress = TaskProgress(ctx.task_id)
-        reader = SourceReader(src, geometry_options(params, progress=progress), sink)
-        reader.progress = progress
-        reader.read_all()
-    check_version(params, store)  # the file did not change while this slice was read
+    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
+        src = kind.open(params, store, Path(tmp))
+        label = src.layers[0].label
+        with copy_into(
+            ctx.conn,
+            params["schema"],
+            params["table_name"],
+            params["columns"],
+            families=params["geometry_families"],
+            label=label,
+            declared=params.get("declared_geometry_type"),
+            rule=params.get("geometry_rule"),
+        ) as sink:
+            progress = TaskProgress(ctx.task_id)
+            reader = SourceReader(src, geometry_options(params, progress=progress), sink)
+            reader.progress = progress
+            reader.read_all()
+            if kind.check is not None:
+                kind.check(params, src, reader.stats)
+    kind.confirm(params, store)  # the file did not change while this part was read
     stats = reader.stats
     dropped = {"null_geometry": stats.null_geometry, "collapsed": stats.collapsed}
     if reader.features_read - sum(dropped.values()) != sink.rows:
         raise RuntimeError(f"{label}: read {reader.features_read}, dropped {dropped}, but copied {sink.rows} rows")
     return {
         "rows_uploaded": sink.rows,
-        "fids": params["fids"],
+        "part": kind.describe(params),
         "source_features": reader.features_read,
         "features_dropped": dropped,
         "features_repaired": stats.repaired,

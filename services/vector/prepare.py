@@ -30,9 +30,9 @@ from services.vector.geometry import (
     prepare_geometries,
 )
 from services.vector.identifiers import GEOMETRY_COLUMN, REPAIR_COLUMN, ColumnNamer
+from services.vector.parts import plan_parts
 from services.vector.progress import TaskProgress
 from services.vector.repair import RepairPolicy
-from services.vector.slices import plan_slices
 from services.vector.sniff import check_content
 from services.vector.source import (
     TEMP_PREFIX,
@@ -202,24 +202,22 @@ def _check_temporal(name: str, pg_type: str, label: str) -> None:
 
 
 def stage1_result(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stage 1's one result (prepared chunks, or the plan of a GeoPackage's slices): what later steps read."""
+    """Stage 1's one result (the plan of a file's parts, or converted chunks): what later steps read."""
     if len(results) != 1:
         raise ValueError(f"expected one stage-1 result, found {len(results)}")
     return results[0]
 
 
 def prepare_vector_chunks(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
-    """Plan a typed one-layer GeoPackage's slices (stage 2 reads them in place), or stream any other file into
-    GeoParquet chunks."""
+    """Plan the file's parts, each read by its own stage 2 task (parts.py), or, for a format that cannot be
+    split cheaply, convert it once into GeoParquet chunks."""
     started = time.monotonic()
-    if params["file_extension"] == "gpkg":
-        planned = plan_slices(params, get_blob_store())
-        if planned is not None:
-            plan, namer = planned
-            label = f"'{params['blob_name']}' layer '{plan['layer']}'"
-            indexes = _resolve_indexes(params.get("indexes") or {}, namer, plan["columns"], label)
-            return {**plan, "indexes": indexes, "chunk_count": len(plan["chunks"]),
-                    "seconds": round(time.monotonic() - started, 3)}
+    planned = plan_parts(params, get_blob_store(), ctx)
+    if planned is not None:
+        plan, namer = planned
+        indexes = _resolve_indexes(params.get("indexes") or {}, namer, plan["columns"], plan["label"])
+        return {**plan, "indexes": indexes, "chunk_count": len(plan["chunks"]),
+                "seconds": round(time.monotonic() - started, 3)}
     return _prepare_chunks(params, ctx, started)
 
 

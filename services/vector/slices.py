@@ -1,11 +1,11 @@
-"""A GeoPackage read in place, in fid-range slices.
+"""A GeoPackage read in place, in fid-range slices: the "gpkg_fids" kind of part (parts.py).
 
 Stage 1 only plans: it reads the layer's description (columns, declared geometry type, CRS, fid
 bounds) with a few range requests and cuts the fids into slices. Each stage 2 task then reads its
 own slice in place, prepares it and COPYs it in the transaction that completes the task. So both
 cores work from the first row, the file is never downloaded whole, and no intermediate copy is
 written. Files this plan cannot describe up front (a generic geometry type, where the column type
-depends on every feature) go through the streaming path of prepare.py instead.
+depends on every feature) are converted once by prepare.py instead.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import itertools
 import math
 import re
 import threading
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -63,6 +64,10 @@ _DECLARED_FAMILY = {
     "polygon": "polygon",
     "multipolygon": "polygon",
 }
+GPKG_GEOMETRY_RULE = (
+    "a GeoPackage's features must have its declared geometry type (set the layer's geometry type to GEOMETRY "
+    "to mix types)"
+)
 
 
 def in_place(store: BlobStore, container: str, blob: str) -> str:
@@ -170,12 +175,17 @@ def plan_slices(params: dict[str, Any], store: BlobStore) -> tuple[dict[str, Any
     span = hi - lo + 1
     cuts = [lo + span * i // k for i in range(k)] + [hi + 1]
     return {
-        "mode": "slices",
-        "layer": str(layer.layer),
-        "fid_column": fid,
-        "version": version,
-        "first_fid": lo,
-        "chunks": [{"fids": [a, b]} for a, b in itertools.pairwise(cuts) if b > a],
+        "mode": "parts",
+        "label": layer.label,
+        "source": {
+            "layer": str(layer.layer),
+            "fid_column": fid,
+            "version": version,
+            "first_fid": lo,
+            "declared_geometry_type": info.get("geometry_type"),
+            "geometry_rule": GPKG_GEOMETRY_RULE,
+        },
+        "chunks": [{"kind": "gpkg_fids", "fids": [a, b]} for a, b in itertools.pairwise(cuts) if b > a],
         "chunk_size": chunk_size,
         "chunk_size_auto": not params.get("chunk_size"),
         "rows_estimate": count,
@@ -188,8 +198,9 @@ def plan_slices(params: dict[str, Any], store: BlobStore) -> tuple[dict[str, Any
     }, namer
 
 
-def slice_source(params: dict[str, Any], store: BlobStore) -> Source:
-    """The one fid range a stage 2 task reads, checked against the file version stage 1 planned from."""
+def slice_source(params: dict[str, Any], store: BlobStore, folder: Path | None = None) -> Source:
+    """The one fid range a stage 2 task reads, checked against the file version stage 1 planned from (read in
+    place: `folder` is not needed)."""
     blob, container = params["blob_name"], params["container_name"]
     check_version(params, store)
     path = in_place(store, container, blob)
@@ -223,11 +234,17 @@ def check_version(params: dict[str, Any], store: BlobStore) -> None:
         )
 
 
-def check_families(families: set[str], allowed: list[str], label: str, declared: str | None) -> None:
+def describe_slice(params: dict[str, Any]) -> str:
+    return f"fids {params['fids'][0]}..{params['fids'][1] - 1}"
+
+
+def check_families(
+    families: set[str], allowed: list[str], label: str, declared: str | None, rule: str | None = None
+) -> None:
+    """A part's geometries must be of the family its file declared (the column type was chosen from it)."""
     extra = families - set(allowed)
     if extra:
         found = ", ".join(sorted(MULTI_TYPE[f].removeprefix("Multi") for f in extra))
         raise PermanentTaskError(
-            f"{label} declares {declared} geometries but holds {found} ones; a GeoPackage's features must have "
-            "its declared geometry type (set the layer's geometry type to GEOMETRY to mix types)"
+            f"{label} declares {declared} geometries but holds {found} ones; {rule or GPKG_GEOMETRY_RULE}"
         )

@@ -38,9 +38,14 @@ def content_kind(head: bytes) -> str | None:
 
 
 def check_content(local: Path, ext: str, blob_name: str) -> None:
-    expected = _EXPECTED.get(ext, None)
     with open(local, "rb") as f:
-        found = content_kind(f.read(64))
+        check_head(f.read(64), ext, blob_name)
+
+
+def check_head(head: bytes, ext: str, blob_name: str) -> None:
+    """The file's first bytes must be of the format its file_extension names."""
+    expected = _EXPECTED.get(ext, None)
+    found = content_kind(head[:64])
     if found is None or found == expected or ext not in _EXPECTED:
         return  # plain text that is not the format: GDAL's own message says what is wrong with it
     what = _NAMES[found]

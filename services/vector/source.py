@@ -287,7 +287,7 @@ def _kml_layers(path: str, blob_name: str, layer_name: str | None) -> list[Layer
     return [LayerSource(path, n, f"'{blob_name}' layer '{n}'") for n in names]
 
 
-def _csv_options(local: Path, blob_name: str, conv: dict[str, Any]) -> dict[str, str]:
+def csv_options(local: Path, blob_name: str, conv: dict[str, Any]) -> dict[str, str]:
     header = [str(f) for f in pyogrio.read_info(str(local))["fields"]]
     for param in ("lat_name", "lon_name", "wkt_column"):
         name = conv.get(param)
@@ -325,9 +325,9 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
         cpg = local.with_suffix(".cpg")
         with open(local.with_suffix(".dbf"), "rb") as f:
             dbf_head = f.read(32)
-        _shapefile_encoding(src, cpg.read_bytes() if cpg.exists() else None, dbf_head)
+        shapefile_encoding(src, cpg.read_bytes() if cpg.exists() else None, dbf_head)
     elif ext == "csv":
-        src.open_options = _csv_options(local, blob_name, conv)
+        src.open_options = csv_options(local, blob_name, conv)
         src.layers = [LayerSource(path, None, f"CSV '{blob_name}'")]
     elif ext == "gpkg":
         src.layers = gpkg_layers(path, blob_name, conv.get("layer_name"))
@@ -346,7 +346,7 @@ def open_source(local: Path, blob_name: str, ext: str, conv: dict[str, Any], max
         _check_zipped_shapefile(local, members, member, blob_name)
         inner = f"/vsizip/{local}/{member.filename}"
         src.layers = [LayerSource(inner, None, f"Shapefile '{member.filename}' in '{blob_name}'")]
-        _shapefile_encoding(src, *_zipped_sidecars(local, members, member))
+        shapefile_encoding(src, *_zipped_sidecars(local, members, member))
     elif ext in _other_formats():
         from services.vector.gdal_formats import open_other
 
@@ -387,7 +387,7 @@ _LDID_CODE_PAGES = {
 }
 
 
-def _shapefile_encoding(src: Source, cpg: bytes | None, dbf_head: bytes) -> None:
+def shapefile_encoding(src: Source, cpg: bytes | None, dbf_head: bytes) -> None:
     """The DBF's encoding as GDAL decides it: converter_params.encoding, else the .cpg, else the DBF's
     language-driver byte, else ISO-8859-1. GDAL recodes to UTF-8 itself when it reports UTF-8 (a .cpg it
     understood); otherwise (no .cpg: GDAL reports the language driver's code page or ISO-8859-1) pyogrio's
@@ -494,18 +494,18 @@ def _not_wkt(col: pa.Array) -> tuple[int, str] | None:
     return int(where[j]), str(values[j])
 
 
-def unparsed_csv_geometry(local: Path, label: str, conv: dict[str, Any]) -> str | None:
+def unparsed_csv_geometry(local: Path, label: str, conv: dict[str, Any], offset: int = 0) -> str | None:
     """Why CSV rows came without a geometry although their coordinate/WKT columns hold text.
 
     GDAL turns coordinates it cannot parse ('north', '1,5', 'nan') and WKT it cannot read into a
     NULL geometry without a word; this second pass, run only when null geometries were seen, finds
-    the first such row so that the job can name it instead of dropping it as "null".
+    the first such row so that the job can name it instead of dropping it as "null" (`offset`: the
+    records before this file, when it is a part of a bigger one).
     """
     if conv.get("wkt_column"):
         checks = [(conv["wkt_column"], "wkt_column", _not_wkt, "WKT")]
     else:
         checks = [(conv[p], p, _not_numbers, "a finite number") for p in ("lat_name", "lon_name")]
-    offset = 0
     with pyogrio.open_arrow(
         str(local), columns=[c[0] for c in checks], read_geometry=False, batch_size=50_000, use_pyarrow=True
     ) as (_meta, reader):
