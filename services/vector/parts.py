@@ -2,7 +2,8 @@
 
 Stage 1 reads a file's description (columns, geometry family, CRS, encoding) and cuts it into
 parts; it reads no feature. Each part is a small dict with a `kind` and what to read: a GeoPackage
-fid range ("gpkg_fids", slices.py), a Shapefile record range ("shp_records", shapefile_parts.py).
+fid range ("gpkg_fids", slices.py), a Shapefile record range ("shp_records", shapefile_parts.py),
+a run of whole GeoJSON features by byte range ("geojson_features", geojson_parts.py).
 A stage 2 task opens its part as a Source (the same reader as a whole file gets, with the part's
 first feature number as offset, so messages name file-wide feature numbers), prepares it and COPYs
 it. The plan's `source` dict (shared by every part: file versions, layer, encoding, the declared
@@ -21,7 +22,7 @@ from typing import Any
 
 from infrastructure.blob import BlobStore
 from services.context import TaskContext
-from services.vector import shapefile_parts, slices
+from services.vector import geojson_parts, shapefile_parts, slices
 from services.vector.identifiers import ColumnNamer
 from services.vector.source import Source
 
@@ -42,6 +43,7 @@ def _nothing_to_confirm(params: dict[str, Any], store: BlobStore) -> None:
 KINDS: dict[str, PartKind] = {
     "gpkg_fids": PartKind(slices.slice_source, slices.check_version, slices.describe_slice),
     "shp_records": PartKind(shapefile_parts.part_source, _nothing_to_confirm, shapefile_parts.describe_part),
+    "geojson_features": PartKind(geojson_parts.part_source, _nothing_to_confirm, geojson_parts.describe_part),
 }
 
 
@@ -52,6 +54,8 @@ def plan_parts(params: dict[str, Any], store: BlobStore, ctx: TaskContext) -> Pl
         return slices.plan_slices(params, store)
     if ext in ("shp", "zip"):
         return shapefile_parts.plan_shapefile(params, store, ctx)
+    if ext in ("geojson", "json", "geojsonl", "geojsons"):
+        return geojson_parts.plan_geojson(params, store, ctx)
     return None
 
 
