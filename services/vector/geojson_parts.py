@@ -403,10 +403,11 @@ def plan_geojson(
         "label": label,
         "source": {
             "version": version,
+            "ext": ext,
             "label": label,
             "sequence": sequence,
             "uses_rs": scan.uses_rs,
-            "schema": schema,
+            "field_types": schema,
             "source_crs_name": crs_name,
             "declared_geometry_type": column_geometry_type(families),
             "geometry_rule": GEOJSON_GEOMETRY_RULE,
@@ -433,17 +434,28 @@ def _crs_name(top: dict[str, Any]) -> str | None:
 
 
 def _check_integers(types: Path, label: str) -> None:
-    """Integers beyond 64 bits fail the job (GDAL would clamp them), as on the convert-once path."""
-    with open(types, "rb") as f:
-        for index, line in enumerate(f):
-            feature = json.loads(line.lstrip(RS))
-            props = feature.get("properties") if isinstance(feature, dict) else None
-            if not isinstance(feature, dict) or feature.get("type") != "Feature":
-                raise NotPlannable("a record that is not a Feature")
-            if isinstance(props, dict):
-                for name, value in props.items():
-                    if type(value) is int and not INT64_MIN <= value <= INT64_MAX:
-                        raise PermanentTaskError(f"{label}: {IntegerOutOfRange(index, str(name), value)}")
+    """Every record is a Feature; integers beyond 64 bits fail the job (GDAL would clamp them), as on the
+    convert-once path."""
+    for index, record in enumerate(_records(types)):
+        feature = json.loads(record)
+        if not isinstance(feature, dict) or feature.get("type") != "Feature":
+            raise NotPlannable("a record that is not a Feature")
+        props = feature.get("properties")
+        if isinstance(props, dict):
+            for name, value in props.items():
+                if type(value) is int and not INT64_MIN <= value <= INT64_MAX:
+                    raise PermanentTaskError(f"{label}: {IntegerOutOfRange(index, str(name), value)}")
+
+
+def _records(path: Path) -> Iterator[bytes]:
+    """The RS-separated records of the types copy, a block at a time (a record may span lines)."""
+    rest = b""
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK):
+            *done, rest = (rest + block).split(RS)
+            yield from (r for r in done if r.strip())
+    if rest.strip():
+        yield rest
 
 
 def _columns(types: Path, label: str) -> tuple[ColumnNamer, list[dict[str, str]]]:
@@ -487,7 +499,7 @@ def _cuts(starts: list[int], ends: list[int], chunk_size: int | None) -> list[di
 
 def _opener(params: dict[str, Any], label: str) -> Any:
     """Reads the part's file with GDAL, checks its schema is the planned one and drops the carrier row."""
-    planned = params["schema"]
+    planned = params["field_types"]
     first, end = params["features"]
 
     @contextmanager
@@ -523,7 +535,7 @@ def part_source(params: dict[str, Any], store: BlobStore, folder: Path) -> Sourc
     blob, container = params["blob_name"], params["container_name"]
     lo, hi = params["bytes"]
     first = params["features"][0]
-    schema = params["schema"]
+    schema = params["field_types"]
     if params["sequence"]:
         path = folder / "part.geojsons"
         with open(path, "wb") as f:
@@ -541,7 +553,7 @@ def part_source(params: dict[str, Any], store: BlobStore, folder: Path) -> Sourc
     conv = params.get("converter_params") or {}
     return Source(
         blob_name=blob,
-        ext=params["file_extension"] if "file_extension" in params else "geojson",
+        ext=params["ext"],
         layers=[LayerSource(str(path), None, label, offset=first, opener=_opener(params, label))],
         crs=conv.get("crs") or params.get("source_crs_name"),
     )
