@@ -14,10 +14,13 @@ scalars -> lists, ...), so a part read alone could be typed otherwise than the w
 asks GDAL itself for the whole file's types: it writes every feature *without its geometry* (the
 geometry member becomes null; properties, id and any other member stay byte for byte) to a local
 sequence, whose schema GDAL reads with its own rules (properties are a small share of a polygon
-file). Each part is then read with a first "carrier" feature (null geometry) whose every property
+file). Each part is then read with a last "carrier" feature (null geometry) whose every property
 holds a value of exactly the whole file's type, so GDAL widens the part's fields to those types and
 converts the values itself, as it does when reading the whole file; the carrier row is dropped
-before anything else sees it. This was preferred to converting values after the read, because
+before anything else sees it. The carrier comes last, not first, because GDAL's widening depends on
+order at the edges (an integer at the int64 limit seen in an Integer64 field makes it Real, but
+creates an Integer64 field when it comes first): after the part's own features, the fields are
+created as the whole file's first features created them. This was preferred to converting values after the read, because
 GDAL's conversions (a real written as text, an integer in a list field, a date in a text field)
 would have to be re-implemented and could differ in the last digit. Stage 1 checks that GDAL reads
 the carrier alone with the whole file's schema; each part's schema is checked against the planned
@@ -84,8 +87,9 @@ class _Scan:
     features (geometry member set to null) written to `types_out`. Strings, braces and runs of anything
     else are the tokens; brackets inside runs are counted, so coordinates cost no Python work per vertex."""
 
-    def __init__(self, f: BinaryIO, types_out: BinaryIO, sequence: bool) -> None:
+    def __init__(self, f: BinaryIO, types_out: BinaryIO, sequence: bool, whole: bool = False) -> None:
         self.f, self.out, self.sequence = f, types_out, sequence
+        self.whole = whole  # write each feature as it is (geometry included): a part as a sequence
         self.buf, self.base, self.pos, self.eof = b"", 0, 0, False
         self.depth = 0
         self.fd = 0 if sequence else 2  # depth outside a feature's braces
@@ -191,7 +195,7 @@ class _Scan:
             self._feature_keys.add(key)
             if json.loads(key) not in _FEATURE_MEMBERS:
                 raise NotPlannable("a feature has a foreign member")
-            if key == b'"geometry"':  # the types copy gets the text up to here, then null
+            if key == b'"geometry"' and not self.whole:  # the types copy gets the text up to here, then null
                 assert self._piece is not None
                 self.out.write(self._text(self._piece, value_at) + b" null")
                 self._piece = None
@@ -208,7 +212,7 @@ class _Scan:
             value = self._text(self._top_start, at).strip(b" \t\r\n").rstrip(b",")
             self.top[json.loads(key)] = json.loads(value)
             self._top_start = None
-        if d == self.fd + 1 and self._inside() and key == b'"geometry"':
+        if d == self.fd + 1 and self._inside() and key == b'"geometry"' and not self.whole:
             self._piece = at
             if by_key:
                 self.out.write(b",")
@@ -498,39 +502,43 @@ def _cuts(starts: list[int], ends: list[int], chunk_size: int | None) -> list[di
 
 
 def _opener(params: dict[str, Any], label: str) -> Any:
-    """Reads the part's file with GDAL, checks its schema is the planned one and drops the carrier row."""
-    planned = params["field_types"]
+    """Reads the part's file with GDAL, checks its fields have the planned types and drops the carrier row
+    (the last one). Fields are matched by name: a field the part's first features lack comes after the
+    others, which changes nothing (columns are copied by name)."""
+    planned = {name: type_name for name, type_name in params["field_types"]}
     first, end = params["features"]
 
     @contextmanager
     def open_part(path: str, **kwargs: Any) -> Iterator[tuple[dict[str, Any], Iterator[pa.RecordBatch]]]:
         with pyogrio.open_arrow(path, **kwargs) as (meta, reader):
             geom = meta.get("geometry_name") or "wkb_geometry"
-            found = [[f.name, str(f.type)] for f in reader.schema if f.name != geom]
+            found = {f.name: str(f.type) for f in reader.schema if f.name != geom}
             if found != planned:
-                diff = [f"'{n}' {t} (the file: {dict(map(tuple, planned)).get(n, 'absent')})" for n, t in found
-                        if [n, t] not in planned] or ["a different set or order of properties"]
+                diff = [f"'{n}' {t} (the whole file: {planned.get(n, 'no such field')})" for n, t in found.items()
+                        if planned.get(n) != t] or ["with other fields"]
                 raise PermanentTaskError(
                     f"{label}: features {first}..{end - 1} are typed {', '.join(diff)} when read on their own; "
                     "the file cannot be loaded in parts without changing values"
                 )
-            yield meta, _skip_first(reader)
+            yield meta, _without_carrier(reader, end - first)
 
     return open_part
 
 
-def _skip_first(reader: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    skipped = False
+def _without_carrier(reader: Iterator[pa.RecordBatch], features: int) -> Iterator[pa.RecordBatch]:
+    """The part's own features: the rows before the carrier."""
+    seen = 0
     for batch in reader:
-        if not skipped and batch.num_rows:
-            batch, skipped = batch.slice(1), True
-            if not batch.num_rows:
-                continue
-        yield batch
+        keep = max(0, min(batch.num_rows, features - seen))
+        seen += batch.num_rows
+        if keep:
+            yield batch if keep == batch.num_rows else batch.slice(0, keep)
+    if seen != features + 1:
+        raise PermanentTaskError(f"GDAL read {seen - 1} features from a part planned with {features}")
 
 
 def part_source(params: dict[str, Any], store: BlobStore, folder: Path) -> Source:
-    """The features a stage 2 task reads: its byte range of the blob, behind a carrier feature, as a small
+    """The features a stage 2 task reads: its byte range of the blob, then a carrier feature, as a small
     FeatureCollection (or sequence) GDAL reads; feature numbers stay file-wide."""
     blob, container = params["blob_name"], params["container_name"]
     lo, hi = params["bytes"]
@@ -540,15 +548,26 @@ def part_source(params: dict[str, Any], store: BlobStore, folder: Path) -> Sourc
         path = folder / "part.geojsons"
         with open(path, "wb") as f:
             rs = RS if params["uses_rs"] else b""
-            f.write(rs + carrier(schema) + b"\n" + rs)  # the range starts at its first record's '{'
+            f.write(rs)  # the range starts at its first record's '{'
             _fetch(store, container, blob, params["version"], lo, hi - lo, f)
-            f.write(b"\n")
-    else:
-        path = folder / "part.geojson"
-        with open(path, "wb") as f:
-            f.write(b'{"type":"FeatureCollection","features":[' + carrier(schema) + b",\n")
+            f.write(b"\n" + rs + carrier(schema) + b"\n")
+    else:  # the collection's features as a sequence: GDAL's GeoJSONSeq driver types them as it typed the
+        raw = folder / "part.json"  # types copy (the GeoJSON driver reads integers at the int64 limits as reals)
+        with open(raw, "wb") as f:
+            f.write(b'{"features":[\n')
             _fetch(store, container, blob, params["version"], lo, hi - lo, f)
             f.write(b"\n]}")
+        path = folder / "part.geojsons"
+        with open(raw, "rb") as f, open(path, "wb") as out:
+            scan = _Scan(f, out, sequence=False, whole=True)
+            try:
+                scan.run()
+            except (NotPlannable, ValueError) as exc:
+                raise PermanentTaskError(f"{params['label']}: features {first}.. cannot be read again: {exc}") from None
+            out.write(RS + carrier(schema) + b"\n")
+        raw.unlink()
+        if len(scan.starts) != params["features"][1] - first:
+            raise PermanentTaskError(f"{params['label']}: the bytes of features {first}.. hold another count")
     label = params["label"]
     conv = params.get("converter_params") or {}
     return Source(
