@@ -226,3 +226,28 @@ def test_countries_maritime_loads_in_several_parts_as_gdal_reads_it(db, drain, n
     loads = stage_tasks(db, job["job_id"], 2)
     assert len(loads) > 1 and {t["parameters"]["kind"] for t in loads} == {"geojson_features"}
     assert job["result_data"]["summary"]["read_in_place"]
+
+
+def test_integers_at_the_int64_limits_stay_exact_in_every_part(db, drain, nonce):
+    values = [5, 2**63 - 1, -(2**63), 7, 2**63 - 1, 1]
+    feats = [
+        {"type": "Feature", "properties": {"key": i, "v": v}, "geometry": square(i)} for i, v in enumerate(values)
+    ]
+    blob = vf.upload(f"{nonce}/limits.geojson", feature_collection(feats, vf.tmpdir()))
+    table = f"gjlimits_{nonce}"
+    job = vf.run_ingest(drain, db, params(blob, table, chunk_size=2))
+    assert job["status"] == "completed", job["error_details"]
+    check_parts(db, job, len(values), 3)
+    rows = db.execute(sql.SQL("SELECT key, v FROM geo.{} ORDER BY key").format(sql.Identifier(table))).fetchall()
+    assert [r["v"] for r in rows] == values
+    assert vf.columns_of(db, "geo", table)["v"] == "bigint"
+
+
+def test_an_integer_beyond_64_bits_late_in_the_file_fails_naming_its_feature(db, drain, nonce):
+    feats = features(200)
+    feats[150]["properties"]["key"] = 2**70
+    blob = vf.upload(f"{nonce}/huge.geojson", feature_collection(feats, vf.tmpdir()))
+    job = vf.run_ingest(drain, db, params(blob, f"gjhuge_{nonce}", chunk_size=50))
+    assert job["status"] == "failed"
+    err = job["error_details"]["error"]
+    assert f"GeoJSON '{blob}': feature 150 has the integer {2**70} in property 'key', beyond the 64-bit range" in err
