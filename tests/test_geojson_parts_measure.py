@@ -22,7 +22,7 @@ pytestmark = [
 def test_measure_countries_maritime_geojson(db, workers, nonce):
     path = corpus.npm_file(*corpus.COUNTRIES_MARITIME)
     blob = vf.upload(f"{nonce}/countries.geojson", path.read_bytes())
-    (proc,) = workers.start(1, concurrency=1)
+    (proc,) = workers.start(1, concurrency=int(os.environ.get("GEOETL_MEASURE_CONCURRENCY", "1")))
     time.sleep(3)  # the worker has imported what it needs
     with RssSampler({"worker": lambda: [proc.pid]}, interval=0.05) as sampler:
         job_id = submit("ingest_vector", {"blob_name": blob, "file_extension": "geojson", "table_name": f"m_{nonce}"})
