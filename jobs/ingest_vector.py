@@ -4,16 +4,18 @@ Stage 1 (single)  prepare_chunks      plan the parts (services/vector/parts.py),
                                       description: a GeoPackage with a declared geometry type -> fid ranges
                                       read in place; a Shapefile (zipped: extracted once into the job's
                                       chunk area) -> record ranges from its .shx; a CSV with coordinate
-                                      columns -> byte ranges on record boundaries. Any other file (and a
-                                      CSV whose records cannot be planned) is converted once into raw
-                                      GeoParquet chunks (reprojected, typed, promoted, invalid rows only
-                                      marked)
+                                      columns -> byte ranges on record boundaries; a GeoJSON collection or
+                                      sequence -> byte ranges of whole features, found by streaming it
+                                      once (geojson_parts.py). Any other file (and a CSV whose records
+                                      cannot be planned) is converted once into raw GeoParquet chunks
+                                      (reprojected, typed, promoted, invalid rows only marked)
 Stage 2 (fan-out) upload_chunks       staging table created once (setup_stage), then one task per part: it
                                       reads its own part (a fid range in place; a record range by range
                                       reads of the .shp/.dbf into a small Shapefile of its own, a byte
                                       range into a CSV of its own with the header and a .csvt of the whole
-                                      file's types: GDAL reads them as it reads the whole file; or a
-                                      chunk), repairs invalid
+                                      file's types: GDAL reads them as it reads the whole file; a GeoJSON
+                                      byte range, read by GDAL with a carrier feature of the whole file's
+                                      types; or a chunk), repairs invalid
                                       geometries (geometry_params.invalid, a time budget per feature) and
                                       COPYs into the staging table, updating its progress as it goes
 Stage 3 (single)  create_stac_record  indexes and ANALYZE in staging (and, for a point table of
@@ -58,6 +60,15 @@ Policies (the user-visible decisions):
   gives the column types (written as a .csvt beside each part) and a scan of quote parity gives the
   record boundaries. Blank lines, unbalanced quotes, a header-less file (or one whose names GDAL
   changed) and WKT geometries (the column type depends on every feature) are converted once instead.
+- A GeoJSON FeatureCollection or sequence: stage 1 streams it once (bounded memory) for each feature's byte
+  range and geometry type (the geometry family), and GDAL reads a copy of its features without geometries
+  for the column types (GDAL's own widening: int -> int64 -> real -> string, dates, lists); parts are runs of
+  whole features (~4 MiB, or chunk_size features). Each part is read by GDAL (GeoJSONSeq) followed by a
+  carrier feature holding a value of each planned type, so GDAL types and converts the part's values as in
+  the whole file; a part read with other types fails the job naming the file and its features. Range reads
+  are conditioned on the ETag stage 1 read ("submit the job again"). A single Feature, a GeometryCollection,
+  foreign members on a feature, nesting deeper than 64 levels or a property type the carrier cannot
+  reproduce: converted once instead. Feature numbers in messages are file-wide.
 - Exactly-once load: each chunk's COPY runs in the transaction that completes its task; a duplicate
   delivery is rolled back by the CoreMachine, a killed worker's COPY never commits.
 - KML/KMZ without layer_name read every layer (folder). A 0-byte blob is refused at submit (400).
