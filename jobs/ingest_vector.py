@@ -414,6 +414,7 @@ class IngestVectorJob(JobBase):
                 "features_dropped": counts["features_dropped"],
                 "features_dropped_total": sum(counts["features_dropped"].values()),
                 "features_repaired": counts["features_repaired"],
+                "repair_child_peak_mb": counts["repair_child_peak_mb"],
                 "geometry_type": prep.get("geometry_type"),
                 "geometry_stats": counts["geometry_stats"],
                 "columns": prep.get("columns"),
@@ -495,6 +496,8 @@ def _counts(results: list[dict[str, Any]]) -> dict[str, Any]:
         "rows": sum(int(r.get("rows_uploaded") or 0) for r in results),
         "source_features": sum(int(r.get("source_features") or 0) for r in results),
         "features_repaired": sum(int(r.get("features_repaired") or 0) for r in results),
+        # the largest resident peak of a repair child process (MB), in any task
+        "repair_child_peak_mb": max((float(r.get("repair_child_peak_mb") or 0) for r in results), default=0.0),
         **dicts,
     }
 

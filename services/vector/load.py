@@ -158,6 +158,7 @@ def _load_prepared(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         "features_dropped": {"collapsed": stats.collapsed},
         "features_repaired": stats.repaired,
         "geometry_stats": {"repaired": stats.repaired, "collapsed": stats.collapsed},
+        "repair_child_peak_mb": round(options.repair.child_peak_kb / 1024, 1),
     }
 
 
@@ -192,7 +193,8 @@ def _load_slice(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         declared=params.get("declared_geometry_type"),
     ) as sink:
         progress = TaskProgress(ctx.task_id)
-        reader = SourceReader(src, geometry_options(params, progress=progress), sink)
+        options = geometry_options(params, progress=progress)
+        reader = SourceReader(src, options, sink)
         reader.progress = progress
         reader.read_all()
     check_version(params, store)  # the file did not change while this slice was read
@@ -208,4 +210,5 @@ def _load_slice(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         "features_repaired": stats.repaired,
         "geometry_stats": stats.as_dict(),
         "values_out_of_range": sink.stats.out_of_range,
+        "repair_child_peak_mb": round(options.repair.child_peak_kb / 1024, 1),
     }
