@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         "job naming it (geometry_params.invalid \"keep\" loads it as it is)."
     )
     repair_memory_mb: int = Field(
-        1024, ge=0, description="Address-space limit (MB) of the child process that repairs one invalid geometry of "
+        768, ge=0, description="Address-space limit (MB) of the child process that repairs one invalid geometry of "
         "more than 100k vertices; a feature that needs more fails the job naming it (0: no limit)."
     )
 

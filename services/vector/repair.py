@@ -38,7 +38,7 @@ CHILD_MIN_VERTICES = 100_000
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "repair_child.py")
 INLINE_BATCH_VERTICES = 200_000  # vertices repaired per in-process call, between progress reports
 DEFAULT_SECONDS_PER_FEATURE = 300.0
-DEFAULT_MEMORY_MB = 1024
+DEFAULT_MEMORY_MB = 768
 
 
 @dataclass
