@@ -24,9 +24,10 @@ Policies (the user-visible decisions):
 - Null/empty geometries are dropped and counted; invalid ones are repaired in stage 2 with
   make_valid(method="structure") semantics, keeping the parts of the feature's own family; a feature
   above 100k vertices is repaired part-wise in a child process killed after REPAIR_SECONDS_PER_FEATURE
-  (the job then fails naming it). geometry_params.invalid "keep" loads them as they are, "fail" fails
-  naming the first. Features that collapse to nothing are dropped and counted. Row count = source
-  features - reported drops.
+  and limited to REPAIR_MEMORY_MB of address space (either way the job fails at once naming it, not
+  retried); its holes inside the shell are set in as rings, not subtracted by a whole-feature overlay.
+  geometry_params.invalid "keep" loads them as they are, "fail" fails naming the first. Features that
+  collapse to nothing are dropped and counted. Row count = source features - reported drops.
 - A file without a CRS is taken as EPSG:4326 only when its coordinates fit; converter_params.crs
   (CSV, Shapefile) names or overrides the source CRS.
 - Column names: lowercase letters of any script, digits and _ (ÉCOLE -> école; the source name is kept
