@@ -128,3 +128,48 @@ def test_huge_invalid_feature_keeps_worker_and_child_within_the_bound(db, worker
     row = row.fetchone()
     assert row["n"] == 1 and row["v"] is True
     assert row["a"] == pytest.approx(source.area, rel=1e-3)
+
+
+def holed_bowtie() -> shapely.Polygon:
+    """A self-intersecting shell (two triangles meeting at (5, 5)) with holes of every kind GEOS's
+    'structure' repair tells apart: inside, overlapping each other, crossing the shell, outside it, invalid."""
+    shell = [(0, 0), (10, 10), (10, 0), (0, 10), (0, 0)]
+    holes = [
+        box(1, 4, 2, 5).exterior.coords,  # inside the left triangle
+        box(8, 4, 9, 5).exterior.coords,  # inside the right one
+        box(1, 3, 2.5, 3.5).exterior.coords,  # these two overlap
+        box(2, 3.2, 3, 3.8).exterior.coords,
+        box(4, 4.5, 6, 5.5).exterior.coords,  # crosses the shell where the triangles meet
+        box(4, 8, 6, 9).exterior.coords,  # outside both triangles: becomes a shell
+        [(7.5, 3), (8.5, 3.9), (8.5, 3), (7.5, 3.9), (7.5, 3)],  # a bowtie hole
+        [(1, 6), (1.2, 6), (1.2, 6.2), (1, 6.2), (1, 6)],  # touches the next one at a point
+        [(1.2, 6.2), (1.4, 6.2), (1.4, 6.4), (1.2, 6.4), (1.2, 6.2)],
+    ]
+    return shapely.Polygon(shell, holes)
+
+
+@pytest.mark.parametrize(
+    "geom",
+    [
+        holed_bowtie(),
+        shapely.MultiPolygon([holed_bowtie(), box(10, -1, 11, 0), box(20, 0, 21, 1), box(20.5, 0.5, 22, 2)]),
+        shapely.GeometryCollection([shapely.MultiPolygon([holed_bowtie()]), box(-3, 0, -2, 1)]),
+        # four overlapping holes framing an island: their union has a ring, which becomes a part
+        shapely.Polygon(
+            [(0, 0), (100, 100), (100, 0), (0, 100), (0, 0)],
+            [b.exterior.coords for b in (box(10, 45, 20, 46), box(10, 54, 20, 55), box(10, 45, 11, 55),
+                                         box(19, 45, 20, 55))],
+        ),
+    ],
+    ids=["polygon", "touching-and-overlapping-parts", "collection", "island"],
+)
+def test_child_repair_is_make_valid_structure(geom):
+    """The child's hole placement and part-wise union give GEOS make_valid(method='structure')'s result."""
+    from services.vector import repair_child
+
+    assert not shapely.is_valid(geom)
+    fixed = repair_child.repair(shapely.to_wkb(geom))
+    expected = shapely.make_valid(geom, method="structure", keep_collapsed=False)
+    assert shapely.is_valid(fixed), shapely.is_valid_reason(fixed)
+    assert fixed.area == pytest.approx(expected.area, rel=1e-9)
+    assert shapely.equals(fixed, expected)
