@@ -99,6 +99,10 @@ class Settings(BaseSettings):
         300.0, gt=0, description="Time budget to repair one invalid geometry; a feature that needs more fails the "
         "job naming it (geometry_params.invalid \"keep\" loads it as it is)."
     )
+    repair_memory_mb: int = Field(
+        768, ge=0, description="Address-space limit (MB) of the child process that repairs one invalid geometry of "
+        "more than 100k vertices; a feature that needs more fails the job naming it (0: no limit)."
+    )
 
     # --- queues
     queue_backend: Literal["postgres", "servicebus"] = Field("postgres", description="postgres or servicebus.")

@@ -35,9 +35,10 @@ Policies (the user-visible decisions):
 - Null/empty geometries are dropped and counted; invalid ones are repaired in stage 2 with
   make_valid(method="structure") semantics, keeping the parts of the feature's own family; a feature
   above 100k vertices is repaired part-wise in a child process killed after REPAIR_SECONDS_PER_FEATURE
-  (the job then fails naming it). geometry_params.invalid "keep" loads them as they are, "fail" fails
-  naming the first. Features that collapse to nothing are dropped and counted. Row count = source
-  features - reported drops.
+  and limited to REPAIR_MEMORY_MB of address space (either way the job fails at once naming it, not
+  retried); its holes inside the shell are set in as rings, not subtracted by a whole-feature overlay.
+  geometry_params.invalid "keep" loads them as they are, "fail" fails naming the first. Features that
+  collapse to nothing are dropped and counted. Row count = source features - reported drops.
 - A file without a CRS is taken as EPSG:4326 only when its coordinates fit; converter_params.crs
   (CSV, Shapefile) names or overrides the source CRS.
 - Column names: lowercase letters of any script, digits and _ (ÉCOLE -> école; the source name is kept
@@ -445,6 +446,7 @@ class IngestVectorJob(JobBase):
                 "features_dropped": counts["features_dropped"],
                 "features_dropped_total": sum(counts["features_dropped"].values()),
                 "features_repaired": counts["features_repaired"],
+                "repair_child_peak_mb": counts["repair_child_peak_mb"],
                 "geometry_type": prep.get("geometry_type"),
                 "geometry_stats": counts["geometry_stats"],
                 "columns": prep.get("columns"),
@@ -526,6 +528,8 @@ def _counts(results: list[dict[str, Any]]) -> dict[str, Any]:
         "rows": sum(int(r.get("rows_uploaded") or 0) for r in results),
         "source_features": sum(int(r.get("source_features") or 0) for r in results),
         "features_repaired": sum(int(r.get("features_repaired") or 0) for r in results),
+        # the largest resident peak of a repair child process (MB), in any task
+        "repair_child_peak_mb": max((float(r.get("repair_child_peak_mb") or 0) for r in results), default=0.0),
         **dicts,
     }
 

@@ -160,6 +160,7 @@ def _load_prepared(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         "features_dropped": {"collapsed": stats.collapsed},
         "features_repaired": stats.repaired,
         "geometry_stats": {"repaired": stats.repaired, "collapsed": stats.collapsed},
+        "repair_child_peak_mb": round(options.repair.child_peak_kb / 1024, 1),
     }
 
 
@@ -197,7 +198,8 @@ def _load_part(params: dict[str, Any], kind: PartKind, ctx: TaskContext) -> dict
             rule=params.get("geometry_rule"),
         ) as sink:
             progress = TaskProgress(ctx.task_id)
-            reader = SourceReader(src, geometry_options(params, progress=progress), sink)
+            options = geometry_options(params, progress=progress)
+            reader = SourceReader(src, options, sink)
             reader.progress = progress
             reader.read_all()
             if kind.check is not None:
@@ -215,4 +217,5 @@ def _load_part(params: dict[str, Any], kind: PartKind, ctx: TaskContext) -> dict
         "features_repaired": stats.repaired,
         "geometry_stats": stats.as_dict(),
         "values_out_of_range": sink.stats.out_of_range,
+        "repair_child_peak_mb": round(options.repair.child_peak_kb / 1024, 1),
     }

@@ -168,7 +168,9 @@ def geometry_options(
         preserve_topology=geometry.get("preserve_topology", True),
         quantize_grid=geometry.get("quantize_grid"),
         repair=RepairPolicy(
-            geometry.get("invalid") or "repair", float(get_settings().repair_seconds_per_feature)
+            geometry.get("invalid") or "repair",
+            float(get_settings().repair_seconds_per_feature),
+            int(get_settings().repair_memory_mb),
         ),
         defer_repair=defer_repair,
         progress=None if progress is None else progress.repaired,
