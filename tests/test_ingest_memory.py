@@ -107,7 +107,8 @@ def test_repair_child_peak_is_reported(db, workers, nonce):
 
 @pytest.mark.slow
 def test_huge_invalid_feature_keeps_worker_and_child_within_the_bound(db, workers, nonce):
-    """earth-seas-10m: one 1.78M-vertex MultiPolygon, repaired in the child within REPAIR_MEMORY_MB."""
+    """earth-seas-10m: one 1.78M-vertex MultiPolygon (GEOS make_valid on it whole: 2-4 minutes, ~1 GB),
+    repaired in the child within REPAIR_MEMORY_MB and in bounded time: valid, area within 0.1 %."""
     path = corpus.npm_file(*corpus.EARTH_SEAS)
     blob = vf.upload(f"{nonce}/seas.geojson", path.read_bytes())
     table = f"seas_{nonce}"
@@ -123,11 +124,14 @@ def test_huge_invalid_feature_keeps_worker_and_child_within_the_bound(db, worker
     print(f"worker peak {sampled.worker_mb:.0f} MB, repair child peak {child:.0f} MB")
     assert child <= SEAS_CHILD_BOUND_MB
     assert sampled.worker_mb <= SEAS_WORKER_BOUND_MB
+    assert summary["features_repaired"] == 1
     source = shapely.from_wkb(pyogrio.read_arrow(path)[1].column("wkb_geometry")[0].as_py())
-    row = db.execute(f"SELECT count(*) n, sum(ST_Area(geom)) a, bool_and(ST_IsValid(geom)) v FROM geo.{table}")
-    row = row.fetchone()
-    assert row["n"] == 1 and row["v"] is True
-    assert row["a"] == pytest.approx(source.area, rel=1e-3)
+    rows = db.execute(f"SELECT ST_AsBinary(geom) AS g FROM geo.{table}").fetchall()
+    assert len(rows) == 1
+    loaded = shapely.from_wkb(bytes(rows[0]["g"]))
+    # GEOS's validity check of this polygon (60k holes) takes minutes: shapely's GEOS is faster than PostGIS's
+    assert shapely.is_valid(loaded), shapely.is_valid_reason(loaded)
+    assert loaded.area == pytest.approx(source.area, rel=1e-3)
 
 
 def holed_bowtie() -> shapely.Polygon:

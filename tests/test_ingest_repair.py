@@ -74,13 +74,14 @@ def test_invalid_policy_is_checked_at_submit(db, nonce):
 
 
 def test_repair_runs_in_stage_2_and_keeps_feature_numbers(db, drain, nonce):
-    """Stage 1 only marks invalid rows; each stage-2 chunk repairs its own (rows are in several chunks)."""
+    """Stage 1 repairs nothing (it plans the parts); each stage-2 part repairs its own (rows are in several)."""
     feats = [(box(i * 3, 0, i * 3 + 1, 1), {"n": i}) for i in range(30)] + [(vf.bowtie(100, 0), {"n": 30})]
     job, table = ingest(db, drain, nonce, "stage2", feats, chunk_size=10)
     assert job["status"] == "completed", job["error_details"]
     tasks = db.execute("SELECT stage, result_data FROM app.tasks WHERE parent_job_id = %s", [job["job_id"]]).fetchall()
     assert sum(t["result_data"].get("features_repaired", 0) for t in tasks if t["stage"] == 2) == 1
-    assert all(t["result_data"]["features_repaired"] == 0 for t in tasks if t["stage"] == 1)
+    assert len([t for t in tasks if t["stage"] == 2]) > 1
+    assert all(t["result_data"].get("features_repaired", 0) == 0 for t in tasks if t["stage"] == 1)
     assert job["result_data"]["summary"]["features_repaired"] == 1
     assert vf.geometry_checks(db, "geo", table)["invalid"] == 0
     area = db.execute(f"SELECT ST_Area(geom) a FROM geo.{table} WHERE n = 30").fetchone()["a"]
@@ -149,19 +150,3 @@ def test_real_invalid_countries_are_repaired_within_the_area_bound(db, drain, no
     for code, geom, invalid in zip(df["A3"], geoms, bad, strict=True):
         expected = shapely.make_valid(geom, method="structure").area if invalid else geom.area
         assert loaded[code] == pytest.approx(expected, rel=1e-3), code
-
-
-@pytest.mark.slow
-def test_real_huge_invalid_feature_is_repaired_in_bounded_time(db, drain, nonce):
-    """earth-seas-10m: one MultiPolygon of 1.78M vertices (GEOS make_valid on it: 2-4 minutes, ~1 GB)."""
-    path = corpus.npm_file(*corpus.EARTH_SEAS)
-    blob = vf.upload(f"{nonce}/seas.geojson", path.read_bytes())
-    table = f"seas_{nonce}"
-    job = vf.run_ingest(drain, db, {"blob_name": blob, "file_extension": "geojson", "table_name": table}, timeout=900)
-    assert job["status"] == "completed", job["error_details"]
-    assert job["result_data"]["summary"]["features_repaired"] == 1
-    source = shapely.from_wkb(pyogrio.read_arrow(path)[1].column("wkb_geometry")[0].as_py())
-    query = f"SELECT count(*) n, sum(ST_Area(geom)) a, bool_and(ST_IsValid(geom)) v FROM geo.{table}"
-    row = db.execute(query).fetchone()
-    assert row["n"] == 1 and row["v"] is True
-    assert row["a"] == pytest.approx(source.area, rel=1e-3)
