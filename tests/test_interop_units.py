@@ -139,8 +139,8 @@ def test_stac_fields_rules() -> None:
 
 
 def test_a_counted_page_counts_on_a_second_connection_when_one_is_idle(database: str) -> None:
-    """The count and the page run on two connections (two backends) when the pool has an idle one,
-    and on the request's own connection when it has none."""
+    """The count and the page run on two connections (two backends) when the pool has an idle one or
+    room for one, and on the request's own connection when it is full."""
     import asyncio
 
     import asyncpg
@@ -150,8 +150,8 @@ def test_a_counted_page_counts_on_a_second_connection_when_one_is_idle(database:
     async def backend(c: asyncpg.Connection) -> int:
         return int(await c.fetchval("SELECT pg_backend_pid()"))
 
-    async def run(max_size: int) -> tuple[int, int, int]:
-        pool = await asyncpg.create_pool(database, min_size=max_size, max_size=max_size)
+    async def run(min_size: int, max_size: int) -> tuple[int, int, int]:
+        pool = await asyncpg.create_pool(database, min_size=min_size, max_size=max_size)
         try:
             token = _request_pool.set(pool)
             try:
@@ -164,7 +164,9 @@ def test_a_counted_page_counts_on_a_second_connection_when_one_is_idle(database:
             await pool.close()
         return own, counted, paged
 
-    own, counted, paged = asyncio.run(run(2))
+    own, counted, paged = asyncio.run(run(2, 2))  # one idle
     assert paged == own and counted != own
-    own, counted, paged = asyncio.run(run(1))
+    own, counted, paged = asyncio.run(run(1, 3))  # none idle, room for one
+    assert paged == own and counted != own
+    own, counted, paged = asyncio.run(run(1, 1))  # full
     assert paged == own == counted

@@ -158,13 +158,14 @@ async def _side_by_side(
     page: Callable[[asyncpg.Connection], Awaitable[list[Feature]]],
 ) -> tuple[int, list[Feature]]:
     """The count and the page, each on its own connection at the same time when the pool has one idle
-    (a filtered page of a large table reads its matches twice: the request then takes the longer of
-    the two, not their sum); one after the other otherwise, so a busy pool never waits on itself."""
+    or room for one more (a filtered page of a large table reads its matches twice: the request then
+    takes the longer of the two, not their sum); one after the other otherwise, so a full pool never
+    waits on itself."""
     pool = _request_pool.get()
-    if pool is None or pool.get_idle_size() == 0:
+    if pool is None or (pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size()):
         return await count(conn), await page(conn)
     try:
-        other = await pool.acquire(timeout=0.05)
+        other = await pool.acquire(timeout=0.25)  # an idle connection, or a new one: the pool is not full
     except (TimeoutError, asyncpg.InterfaceError):
         return await count(conn), await page(conn)
     try:
