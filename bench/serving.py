@@ -264,8 +264,7 @@ def render(results: dict[str, Any]) -> str:
            " points uniformly over the world, generated in PostgreSQL in spatial order (ORDER BY ST_GeoHash, as"
            " a file sorted by place loads), GiST-indexed, ANALYZEd. API = the"
            " request through HTTP; SQL = the statements the serving layer runs for it (count where it"
-           " counts, then the page with one row more; the stored tile's lookup for a tile aggregated at"
-           " publish), planning + execution in one session.", "",
+           " counts, then the page with one row more), planning + execution in one session.", "",
            "| request | rows | API p50 ms | API p95 ms | SQL p50 ms | SQL p95 ms | bytes |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label in labels:
@@ -286,10 +285,7 @@ def render(results: dict[str, Any]) -> str:
             " would scan the table; the page itself reads 101 rows in id order, so 10M costs what 200k does.",
             "- bbox: the count goes through the GiST index and the page sorts the matches by id, so both read"
             f" every match: about {int(lo) * 100 // 61200:,} at {int(lo):,} rows and {int(hi) * 100 // 61200:,}"
-            f" at {int(hi):,} rows for this 10x10 degree box. The time follows the matches, not the table."
-            " The API runs the count beside the page on a second connection of its pool"
-            " (triggers/serving/tipg_patches.py), so a request takes the longer of the two; the SQL column"
-            " is their sum, one after the other.",
+            f" at {int(hi):,} rows for this 10x10 degree box. The time follows the matches, not the table.",
             "- tile: the tile holds about 50 times more points at 10M: over the 10,000-feature budget, so it is"
             " aggregated (one point per cell of a 64 x 64 grid). Computed live that reads every point of the"
             " tile; a point table of at least TILE_OVERVIEW_MIN_ROWS rows (1M) has its crowded tiles aggregated"

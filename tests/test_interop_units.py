@@ -136,37 +136,3 @@ def test_stac_fields_rules() -> None:
     assert stac_interop.get_fields_with_defaults("bbox,-geometry") == "type,bbox,-geometry"
     body = stac_interop.normalise_search_body({"collections": "c", "bbox": [170, -20, -170, 0]})
     assert body["collections"] == ["c"] and "bbox" not in body and body["intersects"]["type"] == "MultiPolygon"
-
-
-def test_a_counted_page_counts_on_a_second_connection_when_one_is_idle(database: str) -> None:
-    """The count and the page run on two connections (two backends) when the pool has an idle one or
-    room for one, and on the request's own connection when it is full."""
-    import asyncio
-
-    import asyncpg
-
-    from triggers.serving.tipg_patches import _request_pool, _side_by_side
-
-    async def backend(c: asyncpg.Connection) -> int:
-        return int(await c.fetchval("SELECT pg_backend_pid()"))
-
-    async def run(min_size: int, max_size: int) -> tuple[int, int, int]:
-        pool = await asyncpg.create_pool(database, min_size=min_size, max_size=max_size)
-        try:
-            token = _request_pool.set(pool)
-            try:
-                async with pool.acquire() as conn:
-                    own = await backend(conn)
-                    counted, paged = await _side_by_side(conn, backend, lambda c: backend(c))
-            finally:
-                _request_pool.reset(token)
-        finally:
-            await pool.close()
-        return own, counted, paged
-
-    own, counted, paged = asyncio.run(run(2, 2))  # one idle
-    assert paged == own and counted != own
-    own, counted, paged = asyncio.run(run(1, 3))  # none idle, room for one
-    assert paged == own and counted != own
-    own, counted, paged = asyncio.run(run(1, 1))  # full
-    assert paged == own == counted

@@ -80,7 +80,6 @@ def build_app() -> FastAPI:
     app.dependency_overrides[ItemsOutputType] = _items_output
     app.dependency_overrides[ItemOutputType] = _item_output
     _document_limits(app)
-    app.add_middleware(tipg_patches.PoolForCounts)
     app.add_middleware(interop.FeaturesInterop)
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"], allow_headers=["*"])
     app.add_middleware(CompressionMiddleware, compression_level=6)

@@ -17,18 +17,14 @@ Each one is small and keeps tipg's own signatures, so it can be dropped when tip
   size; nothing is dropped. A tile within the budget is exactly tipg's. An unfiltered WebMercatorQuad
   tile of a large point table comes from its overview (services/vector/overviews.py) when one was
   built: the same cells and counts, aggregated once at publish instead of on every request.
-- the count of a counted page runs beside the page, on a second connection of the pool when one is
-  idle (PoolForCounts gives the request's pool): the two read the same matches.
 - conformance: tipg declares the `oas30` classes while FastAPI serves an OpenAPI 3.1
   document; they are not declared (no OGC class covers 3.1 yet).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -54,8 +50,6 @@ OVERVIEW_TMS = "WebMercatorQuad"  # the grid overviews are built on
 TILE_FILTERS = ("ids_filter", "bbox_filter", "datetime_filter", "properties_filter", "cql_filter", "dt",
                 "function_parameters")
 
-# the features app's pool, set per request by PoolForCounts
-_request_pool: contextvars.ContextVar[Any] = contextvars.ContextVar("geoetl_request_pool", default=None)
 # set by the count below, read by the response's render (same request task)
 _omit_matched: contextvars.ContextVar[bool] = contextvars.ContextVar("geoetl_omit_matched", default=False)
 
@@ -113,33 +107,25 @@ async def _features(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
     if limit > features_settings.max_features_per_query:
         raise InvalidLimit(f"Limit can not be set higher than {features_settings.max_features_per_query}")
     where = _where(self, kwargs)
-
-    async def page(c: asyncpg.Connection) -> list[Feature]:
-        return [
-            f
-            async for f in self._features_query(
-                c,
-                where=where,
-                sortby=kwargs.get("sortby"),
-                properties=kwargs.get("properties"),
-                geom=geom,
-                limit=limit + 1,
-                offset=offset,
-                bbox_only=kwargs.get("bbox_only"),
-                simplify=kwargs.get("simplify"),
-                geom_as_wkt=kwargs.get("geom_as_wkt", False),
-                function_parameters=function_parameters,
-            )
-        ]
-
-    async def count(c: asyncpg.Connection) -> int:
-        return await self._features_count_query(c, where=where, function_parameters=function_parameters)
-
     matched: int | None = None
     if await _count_is_cheap(self, conn, where):
-        matched, features = await _side_by_side(conn, count, page)
-    else:
-        features = await page(conn)
+        matched = await self._features_count_query(conn, where=where, function_parameters=function_parameters)
+    features: list[Feature] = [
+        f
+        async for f in self._features_query(
+            conn,
+            where=where,
+            sortby=kwargs.get("sortby"),
+            properties=kwargs.get("properties"),
+            geom=geom,
+            limit=limit + 1,
+            offset=offset,
+            bbox_only=kwargs.get("bbox_only"),
+            simplify=kwargs.get("simplify"),
+            geom_as_wkt=kwargs.get("geom_as_wkt", False),
+            function_parameters=function_parameters,
+        )
+    ]
     more = len(features) > limit
     features = features[:limit]
     if matched is None:
@@ -150,48 +136,6 @@ async def _features(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
         next=offset + len(features) if more else None,
         prev=max(offset - limit, 0) if offset else None,
     )
-
-
-async def _side_by_side(
-    conn: asyncpg.Connection,
-    count: Callable[[asyncpg.Connection], Awaitable[int]],
-    page: Callable[[asyncpg.Connection], Awaitable[list[Feature]]],
-) -> tuple[int, list[Feature]]:
-    """The count and the page, each on its own connection at the same time when the pool has one idle
-    or room for one more (a filtered page of a large table reads its matches twice: the request then
-    takes the longer of the two, not their sum); one after the other otherwise, so a full pool never
-    waits on itself."""
-    pool = _request_pool.get()
-    if pool is None or (pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size()):
-        return await count(conn), await page(conn)
-    try:
-        other = await pool.acquire(timeout=0.25)  # an idle connection, or a new one: the pool is not full
-    except (TimeoutError, asyncpg.InterfaceError):
-        return await count(conn), await page(conn)
-    try:
-        counting = asyncio.ensure_future(count(other))
-        try:
-            features = await page(conn)
-        finally:
-            matched = await counting
-    finally:
-        await pool.release(other)
-    return matched, features
-
-
-class PoolForCounts:
-    """ASGI middleware of the features app: the request's pool, for _side_by_side's second connection."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        pool = getattr(getattr(scope.get("app"), "state", None), "pool", None)
-        token = _request_pool.set(pool)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            _request_pool.reset(token)
 
 
 def _where(self: PgCollection, kwargs: dict[str, Any], **extra: Any) -> Any:
