@@ -264,7 +264,8 @@ def render(results: dict[str, Any]) -> str:
            " points uniformly over the world, generated in PostgreSQL in spatial order (ORDER BY ST_GeoHash, as"
            " a file sorted by place loads), GiST-indexed, ANALYZEd. API = the"
            " request through HTTP; SQL = the statements the serving layer runs for it (count where it"
-           " counts, then the page with one row more), planning + execution in one session.", "",
+           " counts, then the page with one row more; the stored tile's lookup for a tile aggregated at"
+           " publish), planning + execution in one session.", "",
            "| request | rows | API p50 ms | API p95 ms | SQL p50 ms | SQL p95 ms | bytes |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label in labels:

@@ -127,14 +127,24 @@ def test_worker_killed_mid_copy_loses_and_duplicates_nothing(db, workers, nonce)
 
 def test_failed_job_leaves_no_table_and_no_chunks_and_reruns(db, drain, nonce):
     """A chunk lost before stage 2: the job fails, its table and chunks go; resubmitting re-runs it from stage 1."""
+    import tempfile
+    from pathlib import Path
+
+    import geopandas as gpd
+    import pyogrio
+
     from config import get_settings
     from core.submit import submit_job
     from infrastructure.blob import get_blob_store
 
-    # GeoJSON: converted once into chunks in stage 1 (a CSV with coordinate columns is read in parts)
-    blob = vf.upload(f"{nonce}/lost.geojson", vf.geojson([(vf.points(1_000)[i], {"n": i}) for i in range(1_000)]))
+    # FlatGeobuf: converted once into chunks in stage 1 (GeoPackage, Shapefile, CSV and GeoJSON are read in parts)
+    frame = gpd.GeoDataFrame({"n": list(range(1_000))}, geometry=list(vf.points(1_000)), crs="EPSG:4326")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "lost.fgb"
+        pyogrio.write_dataframe(frame, path, driver="FlatGeobuf")
+        blob = vf.upload(f"{nonce}/lost.fgb", path.read_bytes())
     table = f"lost_{nonce}"
-    params = {"blob_name": blob, "file_extension": "geojson", "table_name": table, "chunk_size": 400}
+    params = {"blob_name": blob, "file_extension": "fgb", "table_name": table, "chunk_size": 400}
     job_id = submit("ingest_vector", params)
     deleted = []
 
