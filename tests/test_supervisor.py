@@ -128,9 +128,11 @@ def test_a_supervisor_stopped_alone_stops_its_process(tmp_path: Path) -> None:
 def test_a_process_that_keeps_dying_is_restarted_later_each_time(tmp_path: Path) -> None:
     with supervised(tmp_path, "crasher", sys.executable, "-c", "raise SystemExit(3)"):
         deadline = time.time() + 20
-        restarts = tmp_path / "crasher.restarts"
-        while time.time() < deadline and not (restarts.exists() and restarts.read_text().strip() == "3"):
+        logged = tmp_path / "crasher.log"
+        # the restart count is written before the line that logs it: wait for the line itself
+        while time.time() < deadline and not (logged.exists() and "restart 3 in" in logged.read_text()):
             time.sleep(0.1)
-        log = (tmp_path / "crasher.log").read_text()
+        log = logged.read_text()
+        assert (tmp_path / "crasher.restarts").read_text().strip() in ("3", "4")
     assert "exited with code 3; restart 1 in 1s" in log
     assert "restart 2 in 2s" in log and "restart 3 in 4s" in log  # backoff doubles while it keeps dying
