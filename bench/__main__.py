@@ -199,9 +199,10 @@ def run_memory(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """Rewrite the report, keeping the people-written history section of the existing one."""
+    """Rewrite the report, keeping the people-written history section of the existing one and the sections
+    other commands wrote (the serving benchmark's)."""
     existing = args.out.read_text() if args.out.exists() else ""
-    write_atomic(args.out, report.render(results, report.extract_history(existing)))
+    write_atomic(args.out, report.with_kept(report.render(results, report.extract_history(existing)), existing))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,28 @@ def extract_history(markdown: str | None) -> str:
     return ""
 
 
+# sections other commands write into the same report (python -m bench.serving): carried over as they are
+KEPT_SECTIONS = ("## Serving",)
+
+
+def kept_sections(markdown: str | None) -> str:
+    """The sections of an existing report that this renderer does not write, whole ('' when none)."""
+    out: list[str] = []
+    keeping = False
+    for line in (markdown or "").splitlines():
+        if line.startswith("## "):
+            keeping = line.startswith(KEPT_SECTIONS)
+        if keeping:
+            out.append(line)
+    return "\n".join(out).strip("\n") + "\n" if out else ""
+
+
+def with_kept(report: str, markdown: str | None) -> str:
+    """A freshly rendered report followed by the existing one's kept sections."""
+    kept = kept_sections(markdown)
+    return report.rstrip("\n") + "\n\n" + kept if kept else report
+
+
 def median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
@@ -428,11 +450,12 @@ its run. Every table ends with a GiST index on its geometry.
   in memory, so it is not run above 2M rows. GeoParquet is read with `geopandas.read_parquet`.
 - **(d) geoetl**: `POST /api/jobs/ingest_vector`, then `GET /api/jobs/status/{id}` every 0.2 s
   until `completed`, with the two workers of the local stack. It does more than the others: it
-  reads the file from blob storage (a GeoPackage in place, by fid ranges, one slice per load
-  task; CSV and GeoJSON downloaded, streamed and cut into GeoParquet chunks), checks every
-  geometry's validity and repairs the invalid ones, promotes to Multi*, loads with parallel
-  binary COPY, builds the GiST index, ANALYZEs and writes a STAC item. The upload to blob
-  storage is timed separately.
+  reads the file from blob storage (stage 1 plans parts and each load task reads its own by
+  range reads: GeoPackage fid ranges in place, Shapefile record ranges, CSV byte ranges, GeoJSON
+  runs of whole features, GeoParquet row groups), checks every geometry's validity and repairs
+  the invalid ones, promotes to Multi*, loads with parallel binary COPY, builds the GiST index,
+  ANALYZEs, aggregates the crowded tiles of a point table of 1M rows or more, and writes a STAC
+  item. The upload to blob storage is timed separately.
 - GeoParquet: GDAL 3.6 (Debian 12's ogr2ogr) has no Parquet driver, so (a) and (b) load the
   GeoPackage of the same rows, and that is the baseline of the GeoParquet ratio.
 - Shapefile: the .shp is uploaded with its .shx, .dbf, .prj and .cpg; `survey_date` is

@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 from abc import ABC, abstractmethod
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -51,6 +53,11 @@ class BlobChanged(Exception):
     def __init__(self, name: str, deleted: bool) -> None:
         super().__init__(f"blob '{name}' was {'deleted' if deleted else 'replaced'}")
         self.name, self.deleted = name, deleted
+
+    def for_user(self, shown: str) -> str:
+        """What a job that was reading the file reports (`shown`: the name the user gave)."""
+        state = "was deleted" if self.deleted else "was replaced"
+        return f"file '{shown}' {state} while the job was loading it; submit the job again"
 
 
 class BlobStore(ABC):
@@ -97,6 +104,16 @@ class BlobStore(ABC):
         self.download_range(container, name, offset, length, buf, version)
         return buf.getvalue()
 
+    def open_ranges(self, container: str, name: str, size: int, version: str) -> BinaryIO:
+        """The blob's version as a seekable file object whose reads are range reads (a reader that needs
+        only some parts of a file, such as Parquet's footer and row groups, fetches only those)."""
+        return io.BufferedReader(_Ranges(self, container, name, size, version), buffer_size=256 * 1024)
+
+    def open_stream(self, container: str, name: str, size: int, version: str) -> BinaryIO:
+        """The blob's version front to back as a file object, its ranges fetched ahead by two threads:
+        a reader that scans while the file arrives, holding a few ranges in memory, never the file."""
+        return io.BufferedReader(_ReadAhead(self, container, name, size, version))
+
     @abstractmethod
     def gdal_access(self, container: str, name: str) -> tuple[str, dict[str, str]]:
         """A path GDAL reads in place with range requests, and the GDAL options that path needs: random-access
@@ -113,6 +130,77 @@ class BlobStore(ABC):
 
     @abstractmethod
     def health(self) -> dict[str, Any]: ...
+
+
+class _Ranges(io.RawIOBase):
+    def __init__(self, store: BlobStore, container: str, name: str, size: int, version: str) -> None:
+        self._store, self._args, self._size, self._at = store, (container, name, version), size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._size}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self._size - self._at)
+        if n <= 0:
+            return 0
+        container, name, version = self._args
+        data = self._store.read_range(container, name, self._at, n, version)
+        b[: len(data)] = data
+        self._at += len(data)
+        return len(data)
+
+
+class _ReadAhead(io.RawIOBase):
+    STEP = 4 * 1024 * 1024
+    AHEAD = 2
+
+    def __init__(self, store: BlobStore, container: str, name: str, size: int, version: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=self.AHEAD, thread_name_prefix="blob-read-ahead")
+        self._offsets = iter(range(0, size, self.STEP))
+        self._ranges: deque[Future[bytes]] = deque()
+        self._args = (container, name, size, version)
+        self._store = store
+        self._current, self._at = b"", 0
+        for _ in range(self.AHEAD):
+            self._fetch_next()
+
+    def _fetch_next(self) -> None:
+        offset = next(self._offsets, None)
+        if offset is not None:
+            container, name, size, version = self._args
+            length = min(self.STEP, size - offset)
+            self._ranges.append(self._pool.submit(self._store.read_range, container, name, offset, length, version))
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._at == len(self._current):
+            if not self._ranges:
+                return 0
+            self._current, self._at = self._ranges.popleft().result(), 0
+            self._fetch_next()
+        n = min(len(b), len(self._current) - self._at)
+        b[:n] = self._current[self._at : self._at + n]
+        self._at += n
+        return n
+
+    def close(self) -> None:
+        for future in self._ranges:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        super().close()
 
 
 # Fail fast when the service is unreachable instead of retrying for minutes.

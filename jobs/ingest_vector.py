@@ -5,8 +5,10 @@ Stage 1 (single)  prepare_chunks      plan the parts (services/vector/parts.py),
                                       read in place; a Shapefile (zipped: extracted once into the job's
                                       chunk area) -> record ranges from its .shx; a CSV with coordinate
                                       columns -> byte ranges on record boundaries; a GeoJSON collection or
-                                      sequence -> byte ranges of whole features, found by streaming it
-                                      once (geojson_parts.py). Any other file (and a CSV whose records
+                                      sequence -> byte ranges of whole features, found by scanning it
+                                      once as it downloads (geojson_parts.py, geojson_scan.py); a
+                                      GeoParquet of several row groups -> row-group ranges from its footer
+                                      (parquet_parts.py). Any other file (and a CSV whose records
                                       cannot be planned) is converted once into raw GeoParquet chunks
                                       (reprojected, typed, promoted, invalid rows only marked)
 Stage 2 (fan-out) upload_chunks       staging table created once (setup_stage), then one task per part: it
@@ -15,7 +17,8 @@ Stage 2 (fan-out) upload_chunks       staging table created once (setup_stage), 
                                       range into a CSV of its own with the header and a .csvt of the whole
                                       file's types: GDAL reads them as it reads the whole file; a GeoJSON
                                       byte range, read by GDAL with a carrier feature of the whole file's
-                                      types; or a chunk), repairs invalid
+                                      types; GeoParquet row groups read by range reads; or a chunk),
+                                      repairs invalid
                                       geometries (geometry_params.invalid, a time budget per feature) and
                                       COPYs into the staging table, updating its progress as it goes
 Stage 3 (single)  create_stac_record  indexes and ANALYZE in staging (and, for a point table of
@@ -37,8 +40,13 @@ Policies (the user-visible decisions):
   above 100k vertices is repaired part-wise in a child process killed after REPAIR_SECONDS_PER_FEATURE
   and limited to REPAIR_MEMORY_MB of address space (either way the job fails at once naming it, not
   retried); its holes inside the shell are set in as rings, not subtracted by a whole-feature overlay.
-  geometry_params.invalid "keep" loads them as they are, "fail" fails naming the first. Features that
-  collapse to nothing are dropped and counted. Row count = source features - reported drops.
+  A feature above 16 MB of WKB (1M vertices) is never decoded in the worker: its whole preparation (2D,
+  collections, reprojection, simplify, quantize, the validity check, repair/keep/fail, Multi*) runs in
+  that child, which the job's cancel kills at once too; stage 1 leaves its check to stage 2. A GeoJSON
+  feature above 4 MB of text is a part of its own, its geometry read block by block into WKB (not by
+  GDAL's reader, which holds ~25 times the text). geometry_params.invalid "keep" loads them as they
+  are, "fail" fails naming the first. Features that collapse to nothing are dropped and counted.
+  Row count = source features - reported drops.
 - A file without a CRS is taken as EPSG:4326 only when its coordinates fit; converter_params.crs
   (CSV, Shapefile) names or overrides the source CRS.
 - Column names: lowercase letters of any script, digits and _ (ÉCOLE -> école; the source name is kept
@@ -58,21 +66,30 @@ Policies (the user-visible decisions):
   is conditioned on the ETag stage 1 read: a file replaced while the job runs fails it ("submit the job
   again"). Feature numbers in messages are file-wide (record numbers from 0), whatever the part.
 - A CSV with lat_name/lon_name is downloaded once in stage 1: GDAL's type detection over the whole file
-  gives the column types (written as a .csvt beside each part) and a scan of quote parity gives the
-  record boundaries. Blank lines, unbalanced quotes, a header-less file (or one whose names GDAL
+  gives the column types (written as a .csvt beside each part; a large file is typed as two halves at
+  once, merged only when they agree up to a numeric widening: services/vector/halves.py) and a scan of
+  quote parity gives the record boundaries. Blank lines, unbalanced quotes, a header-less file (or one whose names GDAL
   changed) and WKT geometries (the column type depends on every feature) are converted once instead.
-- A GeoJSON FeatureCollection or sequence: stage 1 streams it once (bounded memory) for each feature's byte
+- A GeoJSON FeatureCollection or sequence: stage 1 scans it once (bounded memory) for each feature's byte
   range and geometry type (the geometry family), and GDAL reads a copy of its features without geometries
-  for the column types (GDAL's own widening: int -> int64 -> real -> string, dates, lists); parts are runs of
+  for the column types (GDAL's own widening: int -> int64 -> real -> string, dates, lists; two halves at
+  once when the copy is large, as for a CSV); parts are runs of
   whole features (~4 MiB, or chunk_size features). Each part is read by GDAL (GeoJSONSeq) followed by a
   carrier feature holding a value of each planned type, so GDAL types and converts the part's values as in
   the whole file; a part read with other types fails the job naming the file and its features. Range reads
   are conditioned on the ETag stage 1 read ("submit the job again"). A single Feature, a GeometryCollection,
   foreign members on a feature, nesting deeper than 64 levels or a property type the carrier cannot
   reproduce: converted once instead. Feature numbers in messages are file-wide.
+  A document that is one bare geometry (earth-seas-10m: one GeometryCollection) is converted once, its
+  geometry read block by block into WKB without GDAL (geojson_geometry.py), whose reader would hold the
+  document's JSON tree (~25x the text).
 - Exactly-once load: each chunk's COPY runs in the transaction that completes its task; a duplicate
   delivery is rolled back by the CoreMachine, a killed worker's COPY never commits.
 - KML/KMZ without layer_name read every layer (folder). A 0-byte blob is refused at submit (400).
+- A GeoParquet of several row groups: column types from its Arrow schema (shared by every row group),
+  the geometry family from the `geo` metadata's geometry_types, every row checked against it (a row of
+  another type fails the job, naming the rule); without geometry_types, with one row group or a row
+  group over 256 MB it is converted once.
 - GeoParquet (WKB, read with pyarrow: pyogrio's wheel has no Parquet driver), FlatGeobuf, GeoJSON sequences,
   GML, GPX, TopoJSON and a zipped File Geodatabase (GDAL through /vsizip/, zip guards as for Shapefiles)
   stream through stage 1; the GDAL driver that opens the file must be the extension's (the job fails naming

@@ -127,6 +127,18 @@ def checkpoint() -> None:
     running: _RunningTask | None = getattr(_current, "task", None)
     if running is None:
         return
+    if stopped(running):
+        raise JobCancelled(f"the job is {running.reason}; task {running.task_id} stopped")
+
+
+def current_task() -> _RunningTask | None:
+    """The task this thread runs (None outside one): for a helper thread that watches it (stopped())."""
+    return getattr(_current, "task", None)
+
+
+def stopped(running: _RunningTask) -> bool:
+    """Whether the task's job is no longer active; asks the database at most every CANCEL_POLL_SECONDS.
+    Safe from any thread."""
     if not running.stop.is_set() and time.monotonic() - running.polled_at >= CANCEL_POLL_SECONDS:
         running.polled_at = time.monotonic()
         try:
@@ -138,5 +150,4 @@ def checkpoint() -> None:
         status = row["status"] if row else "deleted"
         if status not in ("queued", "processing"):
             stop_task(running.task_id, status)  # also ends what the server still runs for it (a COPY's tail)
-    if running.stop.is_set():
-        raise JobCancelled(f"the job is {running.reason}; task {running.task_id} stopped")
+    return running.stop.is_set()

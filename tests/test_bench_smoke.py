@@ -116,6 +116,17 @@ def test_report_keeps_the_history_section_across_renders() -> None:
     assert "hello_world n=1000 ≥ 500 tasks/s | 600 tasks/s | yes" in first
 
 
+def test_report_keeps_the_serving_section_across_renders() -> None:
+    """The serving benchmark writes its own section into the report: an ingest render keeps it as it is."""
+    serving = "## Serving: sequential requests on 200k and 10M rows\n\n| request | rows |\n| --- | ---: |\n"
+    first = report.with_kept(report.render(_results(), "- abc123 a change\n"), None) + "\n" + serving
+    again = report.with_kept(report.render(_results(), report.extract_history(first)), first)
+    assert again.endswith(serving) and again.count("## Serving") == 1
+    assert report.extract_history(again) == "- abc123 a change\n"
+    assert report.kept_sections(again) == serving
+    assert report.kept_sections(report.render(_results(), "")) == ""
+
+
 def test_a_report_without_history_gets_the_placeholder() -> None:
     assert report.extract_history("# Benchmarks\n\n## Ingest\n") == ""
     assert report.DEFAULT_HISTORY in report.render(_results(), "")

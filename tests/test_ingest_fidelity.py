@@ -94,3 +94,14 @@ def test_non_ascii_column_names_keep_their_letters_and_their_source_name(db, dra
     assert columns["école"]["description"] == "source column: ÉCOLE"
     assert columns["straße"]["description"] == "source column: Straße"
     assert "description" not in columns["plain"] and "description" not in columns["名前"]
+
+
+def test_a_bare_geometry_collection_nested_too_deep_fails_at_once_naming_the_file(db, drain, nonce):
+    n = 5_000
+    text = '{"type": "GeometryCollection", "geometries": [' * n + '{"type": "Point", "coordinates": [1, 2]}' + "]}" * n
+    blob = vf.upload(f"{nonce}/deepgc.geojson", text.encode())
+    job = vf.run_ingest(drain, db, {"blob_name": blob, "file_extension": "geojson", "table_name": f"dgc_{nonce}"})
+    assert job["status"] == "failed"
+    err = job["error_details"]["error"]
+    assert "deepgc.geojson" in err and "nested more than 64 levels deep" in err and "RecursionError" not in err
+    assert attempts(db, job) == 1

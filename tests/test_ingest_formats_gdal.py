@@ -19,6 +19,7 @@ from shapely.geometry import mapping
 from config import get_settings
 from tests import vector_files as vf
 from tests.helpers import submit, wait_for_job
+from tests.test_ingest_slices import stage_tasks
 
 NATURALEARTH = Path(pyogrio.__file__).parent / "tests/fixtures/naturalearth_lowres/naturalearth_lowres.shp"
 ATTRIBUTES = ("pop_est", "continent", "name", "iso_a3", "gdp_md_est")
@@ -64,19 +65,62 @@ def loaded(job) -> dict[str, Any]:
 
 
 def test_geoparquet_row_groups_with_real_workers(db, workers, nonce, tmp_path):
+    """Each stage 2 task reads its own row groups from the blob (stage 1 reads the footer only)."""
     df = countries()
     path = tmp_path / "countries.parquet"
     df.to_parquet(path, row_group_size=50)
     assert pq.ParquetFile(path).metadata.num_row_groups == 4
     blob = vf.upload(f"{nonce}/countries.parquet", path)
     workers.start(2, concurrency=2)
-    job_id = submit("ingest_vector", params(blob, "parquet", f"pq_{nonce}", chunk_size=40))
+    job_id = submit("ingest_vector", params(blob, "parquet", f"pq_{nonce}", chunk_size=90))
     assert wait_for_job(job_id, timeout=180) == "completed"
     job = vf.job_row(db, job_id)
     summary = loaded(job)
-    assert summary["total_rows_uploaded"] == 177 and summary["total_chunks"] == 5
+    assert summary["total_rows_uploaded"] == 177 and summary["total_chunks"] == 3  # 50 + 50 | 50 | 27
+    parts = [t["parameters"] for t in stage_tasks(db, job_id, 2)]
+    assert [(p["kind"], p["row_groups"], p["rows"]) for p in parts] == [
+        ("parquet_row_groups", [0, 1], [0, 50]), ("parquet_row_groups", [1, 2], [50, 100]),
+        ("parquet_row_groups", [2, 4], [100, 177])]
     assert vf.columns_of(db, "geo", f"pq_{nonce}")["pop_est"] == "bigint"
     assert_same_values(db, f"pq_{nonce}", df)
+
+
+def test_geoparquet_geometry_outside_its_declared_types_fails_the_job(db, drain, nonce, tmp_path):
+    df = countries().head(60)
+    df.loc[45, "geometry"] = df.loc[45, "geometry"].centroid
+    table = pa.Table.from_pandas(df.to_wkb(), preserve_index=False)
+    geo = {"version": "1.0.0", "primary_column": "geometry",
+           "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon", "MultiPolygon"]}}}
+    path = tmp_path / "lying.parquet"
+    pq.write_table(table.replace_schema_metadata({b"geo": json.dumps(geo).encode()}), path, row_group_size=20)
+    blob = vf.upload(f"{nonce}/lying.parquet", path)
+    job = vf.run_ingest(drain, db, params(blob, "parquet", f"pql_{nonce}"))
+    assert job["status"] == "failed"
+    error = job["error_details"]["error"]
+    assert "lying.parquet" in error and "geometry_types" in error and "Point" in error, error
+    assert not vf.table_exists(db, "geo", f"pql_{nonce}")
+
+
+def test_geoparquet_replaced_while_its_row_groups_are_read_fails(tmp_path):
+    """A part reads only the version stage 1 planned (range reads on the planned ETag)."""
+    from core.errors import PermanentTaskError
+    from infrastructure.blob import LocalBlobStore
+    from services.vector import parquet_parts
+
+    store = LocalBlobStore(tmp_path / "blobs")
+    (tmp_path / "blobs" / "box").mkdir(parents=True)
+    path = tmp_path / "blobs" / "box" / "c.parquet"
+    countries().to_parquet(path, row_group_size=60)
+    plan, _ = parquet_parts.plan_parquet({"blob_name": "c.parquet", "container_name": "box",
+                                          "file_extension": "parquet", "chunk_size": 60}, store, None)
+    part = {**plan["source"], **plan["chunks"][1], "blob_name": "c.parquet", "container_name": "box"}
+    src = parquet_parts.part_source(part, store, tmp_path)
+    with src.layers[0].opener(src.layers[0].path) as (_, batches):
+        assert sum(b.num_rows for b in batches) == 60
+    countries().head(100).to_parquet(path, row_group_size=60)
+    with pytest.raises(PermanentTaskError, match=r"c\.parquet' was replaced"):
+        with src.layers[0].opener(src.layers[0].path) as (_, batches):
+            list(batches)
 
 
 def test_geoparquet_in_another_crs_is_reprojected(db, drain, nonce, tmp_path):

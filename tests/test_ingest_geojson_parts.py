@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -201,11 +202,8 @@ def test_a_geojson_replaced_while_its_parts_load_fails_the_job(db, drain, nonce,
         {"type": "FeatureCollection", "features": [
             {"type": "Feature", "properties": {"a": 1}, "foreign": {"b": 1},
              "geometry": {"type": "Point", "coordinates": [1, 2]}}]},
-        {"type": "FeatureCollection", "features": [
-            {"type": "Feature", "properties": {"a": 1}, "geometry": {"type": "GeometryCollection", "geometries": [
-                {"type": "Point", "coordinates": [1, 2]}]}}]},
     ],
-    ids=["a-feature", "foreign-member", "geometry-collection"],
+    ids=["a-feature", "foreign-member"],
 )
 def test_files_parts_cannot_plan_safely_are_converted_once(db, drain, nonce, document):
     blob = vf.upload(f"{nonce}/other.geojson", json.dumps(document).encode())
@@ -251,3 +249,76 @@ def test_an_integer_beyond_64_bits_late_in_the_file_fails_naming_its_feature(db,
     assert job["status"] == "failed"
     err = job["error_details"]["error"]
     assert f"GeoJSON '{blob}': feature 150 has the integer {2**70} in property 'key', beyond the 64-bit range" in err
+
+
+def ring(n: int, x: float, y: float, r: float) -> list[list[float]]:
+    angles = [2 * math.pi * k / n for k in range(n)]
+    pts = [[round(x + r * math.cos(a), 9), round(y + r * math.sin(a), 9)] for a in angles]
+    return [*pts, pts[0]]
+
+
+@pytest.mark.parametrize("layout", ["collection", "geojsonl"])
+def test_a_huge_feature_is_a_part_of_its_own_and_its_geometry_is_not_read_by_gdal(db, drain, nonce, monkeypatch,
+                                                                                  layout):
+    """A feature larger than HUGE_FEATURE_TEXT (GDAL's tree of its text would be ~25 times its size) is planned
+    alone, and its geometry is read block by block into WKB while GDAL reads its properties: every value and
+    vertex as GDAL reads the whole file."""
+    from services.vector import geojson_geometry, geojson_parts
+
+    read: list[int] = []
+    original = geojson_geometry.read_bare_geometry
+
+    def counted(f):
+        got = original(f)
+        read.append(len(got.wkb))
+        return got
+
+    monkeypatch.setattr(geojson_parts, "read_bare_geometry", counted)
+    feats = features(30)
+    big = {"type": "Polygon", "coordinates": [ring(150_000, 10, 10, 1), ring(2_000, 10, 10, 0.5)]}
+    two = {"type": "MultiPolygon", "coordinates": [[ring(100_000, 20, 0, 1)], [ring(100_000, 25, 0, 1)]]}
+    feats.insert(12, {"type": "Feature", "properties": {"key": 1000, "name": "huge Ωmega", "flag": True},
+                      "geometry": big})
+    feats.append({"type": "Feature", "properties": {"key": 1001, "ratio": 0.5}, "geometry": two})
+    folder = vf.tmpdir()
+    path = feature_collection(feats, folder) if layout == "collection" else sequence(feats, folder, rs=False)
+    blob = vf.upload(f"{nonce}/{path.name}", path)
+    table = f"gjhuge_{layout}_{nonce}"
+    job = vf.run_ingest(drain, db, params(blob, table))
+    assert_as_gdal_reads(db, job, table, path, "key")
+    ranges = [t["parameters"]["features"] for t in stage_tasks(db, job["job_id"], 2)]
+    assert [12, 13] in ranges and [31, 32] in ranges  # each huge feature alone
+    assert len(read) == 2 and min(read) > 2_400_000  # both geometries read apart from GDAL
+
+
+def test_geometry_collections_are_planned_in_parts_their_members_read_apart(db, drain, nonce, monkeypatch):
+    """GeometryCollection features no longer send the file down the convert-once path: stage 1 reads each
+    collection's members (block by block, from its byte range) for the column's family, and every part loads
+    what the convert-once path loads, each collection as the Multi* of its family."""
+    feats = features(90)
+    for i in (3, 40, 77):
+        square_i = square(i)
+        members = [square_i, {"type": "GeometryCollection", "geometries": [square(i + 1)]}]
+        feats[i]["geometry"] = {"type": "GeometryCollection", "geometries": members}
+    path = feature_collection(feats, vf.tmpdir())
+    blob = vf.upload(f"{nonce}/collections.geojson", path)
+    table = f"gjgc_{nonce}"
+    job = vf.run_ingest(drain, db, params(blob, table, chunk_size=30))
+    assert job["status"] == "completed", job["error_details"]
+    s = job["result_data"]["summary"]
+    assert s["read_in_place"] and s["geometry_type"] == "MultiPolygon"
+    assert s["geometry_stats"]["collections_unpacked"] == 3
+    check_parts(db, job, 90, 3)
+    whole = whole_file_job(drain, db, monkeypatch, params(blob, f"gjgcw_{nonce}"))
+    assert whole["result_data"]["summary"]["read_in_place"] is False
+    same_as_converted_once(db, table, f"gjgcw_{nonce}")
+
+
+def test_a_collection_mixing_families_fails_naming_the_feature_in_parts_too(db, drain, nonce):
+    feats = features(40)
+    feats[25]["geometry"] = {"type": "GeometryCollection", "geometries": [
+        square(25), {"type": "Point", "coordinates": [1, 2]}]}
+    blob = vf.upload(f"{nonce}/mixed.geojson", feature_collection(feats, vf.tmpdir()))
+    job = vf.run_ingest(drain, db, params(blob, f"gjmixed_{nonce}", chunk_size=10))
+    assert job["status"] == "failed"
+    assert "feature 25 is a GeometryCollection mixing point and polygon parts" in job["error_details"]["error"]

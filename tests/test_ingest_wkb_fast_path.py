@@ -22,6 +22,7 @@ CASES = {
     "lines": [LineString([(i, 0), (i + 1, 1), (i + 2, 0)]) for i in range(5)]
     + [MultiLineString([[(0, 0), (1, 1)], [(2, 2), (3, 3)]])],
     "points": [Point(i * 0.5, -i * 0.25) for i in range(5)] + [MultiPoint([(0, 0), (1, 1)])],
+    "plain points": [Point(i * 0.5, -i * 0.25) for i in range(5)] + [Point(-180, 90), Point(180, -90)],
     "with nulls and empties": [box(0, 0, 1, 1), None, Polygon(), LineString([(0, 0), (1, 1)]), Point(3, 3)],
 }
 
@@ -64,3 +65,24 @@ def test_big_endian_z_invalid_and_collections_take_the_shapely_path():
         assert keep.all() and geom.geom_type == kind and not shapely.has_z(geom) and geom.is_valid
         assert out.to_pylist()[0][0] == 1  # what the chunks hold is little-endian 2D WKB
     assert _promoted_wkb(cases[0], np.array([True])) is None
+
+
+def test_plain_points_skip_geos_and_are_still_checked(monkeypatch):
+    """A batch of plain 2D points is promoted without GEOS; an empty point (NaN coordinates) sends the batch
+    through GEOS (which counts it as null), and coordinates that are not degrees still fail naming the feature."""
+    points = pa.array(list(shapely.to_wkb(np.array([Point(1, 2), Point(-3.5, 4.25)]))), pa.binary())
+    calls = []
+    real_from_wkb = shapely.from_wkb
+    with monkeypatch.context() as m:
+        m.setattr(shapely, "from_wkb", lambda *a, **k: calls.append(1) or real_from_wkb(*a, **k))
+        keep, out, stats = run(points, 2)
+    assert not calls and keep.all() and stats.families == {"point"}
+    assert [shapely.from_wkb(v).wkt for v in out.to_pylist()] == ["MULTIPOINT ((1 2))", "MULTIPOINT ((-3.5 4.25))"]
+
+    with_empty = pa.array(list(shapely.to_wkb(np.array([Point(1, 2), shapely.from_wkt("POINT EMPTY")]))), pa.binary())
+    keep, out, stats = run(with_empty, 2)
+    assert list(keep) == [True, False] and stats.null_geometry == 1
+
+    far = pa.array(list(shapely.to_wkb(np.array([Point(1, 2), Point(500000, 4649776)]))), pa.binary())
+    with pytest.raises(Exception, match="feature 1 has bounds"):
+        run(far, 2)

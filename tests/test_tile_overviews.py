@@ -249,3 +249,24 @@ def test_ingest_builds_replaces_appends_and_deletes_the_overview(
         monkeypatch.delenv("TILE_OVERVIEW_MIN_ROWS")
         reset_settings()
         db.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(SCHEMA, table)))
+
+
+@pytest.mark.parametrize("budget", [100, 1_000, 10_000, 40_000, 80_000])
+def test_the_highest_crowded_zoom_is_counted_from_every_point(crowded: dict[str, Any], budget: int) -> None:
+    """Below SAMPLE_POINTS rows every point counts: the zoom equals numpy's count of points per tile."""
+    from services.vector.overviews import OVERVIEW_MAX_ZOOM, _highest_crowded_zoom
+
+    conn, table = crowded["conn"], crowded["table"]
+    lonlat = points_of(conn, table)
+    keep = np.abs(lonlat[:, 1]) <= 85.0511287798066
+    mx, my = mercator(lonlat[keep, 0], lonlat[keep, 1])
+    expected = None
+    for z in range(OVERVIEW_MAX_ZOOM, -1, -1):
+        size = 2 * HALF / 2**z
+        tiles = Counter(zip(np.floor((mx + HALF) / size).tolist(), np.floor((my + HALF) / size).tolist(), strict=True))
+        if max(tiles.values()) > budget * 0.8:
+            expected = z
+            break
+    found = _highest_crowded_zoom(conn, sql.Identifier(SCHEMA, table), "multipoint", len(lonlat), budget)
+    assert found == expected
+    assert (expected is None) == (budget * 0.8 >= len(lonlat))

@@ -93,6 +93,15 @@ def _to_json_strings(col: pa.Array) -> pa.Array:
     )
 
 
+def normalized_type(t: pa.DataType) -> pa.DataType:
+    """The Arrow type normalize() gives a column of type t, without its values."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_nested(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    return t
+
+
 def normalize(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     """What a chunk stores: dictionaries decoded, nested values as JSON text, one contiguous array."""
     if isinstance(col, pa.ChunkedArray):

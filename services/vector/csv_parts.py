@@ -30,6 +30,7 @@ from core.errors import PermanentTaskError
 from infrastructure.blob import BlobStore
 from services.context import TaskContext
 from services.vector import columns as C
+from services.vector import halves
 from services.vector.chunks import AUTO_MAX_BYTES, MAX_CHUNKS, auto_chunk_size, too_many_chunks
 from services.vector.geometry import GeometryStats, Reprojector, column_geometry_type
 from services.vector.identifiers import ColumnNamer
@@ -119,6 +120,27 @@ def _header_names(path: Path, header_end: int) -> list[str] | None:
     return rows[0] if len(rows) == 1 else None
 
 
+def _schema(path: Path, options: dict[str, str]) -> tuple[dict[str, Any], pa.Schema]:
+    """GDAL's description of a CSV, its field types detected over every record (the open reads them all)."""
+    with pyogrio.open_arrow(str(path), batch_size=1, use_pyarrow=True, **options) as (meta, reader):
+        return meta, reader.schema
+
+
+def _detected_types(path: Path, starts: np.ndarray, options: dict[str, str]) -> tuple[dict[str, Any], pa.Schema]:
+    """GDAL's types of the whole file (a large one typed in two halves at once: halves.py)."""
+    records = len(starts) - 1
+
+    def read(p: Path) -> tuple[dict[str, Any], pa.Schema]:
+        return _schema(p, options)
+
+    if path.stat().st_size >= halves.MIN_BYTES and records >= 2:
+        typed = halves.typed_in_halves(path, int(starts[0]), int(starts[records // 2]), int(starts[-1]), read,
+                                       GDAL_ERRORS)
+        if typed is not None:
+            return typed
+    return read(path)
+
+
 def plan_csv(params: dict[str, Any], store: BlobStore, ctx: TaskContext) -> tuple[dict[str, Any], ColumnNamer] | None:
     """The record ranges of a CSV with coordinate columns; None when it is to be converted once."""
     blob, container = params["blob_name"], params["container_name"]
@@ -152,8 +174,7 @@ def _plan(params: dict[str, Any], store: BlobStore, version: str) -> tuple[dict[
             return None
         header = _header_names(local, int(starts[0]))
         try:
-            with pyogrio.open_arrow(str(local), batch_size=1, use_pyarrow=True, **options) as (meta, reader):
-                schema = reader.schema
+            meta, schema = _detected_types(local, starts, options)
         except GDAL_ERRORS as exc:
             raise PermanentTaskError(f"could not read {label}: {scrub(str(exc), blob)}") from None
         size = local.stat().st_size

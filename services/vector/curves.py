@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from services.vector.ewkb import wkb_layout
+
 ARC_STEP_DEGREES = 4.0  # GDAL's default OGR_ARC_STEPSIZE
 MIN_ARC_STEP_DEGREES = 0.01  # GDAL's floor for the step
 MAX_STEPS_PER_ARC = 9_999  # odd; caps a step under 0.036 degree (never reached at the default: at most 91)
@@ -326,15 +328,13 @@ def linearize(value: bytes) -> bytes | None:
 
 def _header_kinds(wkb: pa.Array) -> np.ndarray:
     """Base WKB type of each value's outermost header (0 for nulls and values too short to have one)."""
-    wkb = wkb.cast(pa.large_binary()) if wkb.type != pa.large_binary() else wkb
     n = len(wkb)
-    offsets = np.frombuffer(wkb.buffers()[1], dtype=np.int64)[wkb.offset : wkb.offset + n + 1]
+    offsets, data = wkb_layout(wkb)
     starts = offsets[:-1]
     ok = (np.diff(offsets) >= 5) & ~wkb.is_null().to_numpy(zero_copy_only=False)
     kinds = np.zeros(n, dtype=np.int64)
     if not ok.any():
         return kinds
-    data = np.frombuffer(wkb.buffers()[2], dtype=np.uint8)
     s = starts[ok]
     b = [data[s + k].astype(np.uint32) for k in range(1, 5)]
     little = (b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24).astype(np.uint32)

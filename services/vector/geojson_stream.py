@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, AnyStr, Generic, TextIO
 
 RS = "\x1e"
 BLOCK = 4 * 1024 * 1024
@@ -43,24 +43,28 @@ class SequenceInfo:
 
     @property
     def crs_name(self) -> str | None:
-        """The legacy `crs` member's name (e.g. urn:ogc:def:crs:EPSG::3857), when there is one."""
-        crs = self.members.get("crs")
-        if isinstance(crs, dict) and isinstance(crs.get("properties"), dict):
-            name = crs["properties"].get("name")
-            return name if isinstance(name, str) else None
-        return None
+        return legacy_crs_name(self.members.get("crs"))
 
 
-class _Stream:
-    """A growing window over a text file, read in blocks."""
+def legacy_crs_name(crs: Any) -> str | None:
+    """A legacy (GeoJSON 2008) `crs` member's name, e.g. urn:ogc:def:crs:EPSG::3857, when it has one."""
+    if isinstance(crs, dict) and isinstance(crs.get("properties"), dict):
+        name = crs["properties"].get("name")
+        return name if isinstance(name, str) else None
+    return None
 
-    def __init__(self, f: TextIO) -> None:
-        self.f, self.buf, self.pos, self.eof = f, "", 0, False
+
+class BlockCursor(Generic[AnyStr]):
+    """A growing window over a file read in blocks (text or bytes), with a cursor."""
+
+    def __init__(self, f: IO[AnyStr], empty: AnyStr, blanks: AnyStr, block: int | None = None) -> None:
+        self.f, self.buf, self.pos, self.eof = f, empty, 0, False
+        self.blanks, self.block = blanks, block or BLOCK
 
     def fill(self) -> bool:
         if self.eof:
             return False
-        more = self.f.read(BLOCK)
+        more = self.f.read(self.block)
         if not more:
             self.eof = True
             return False
@@ -68,15 +72,26 @@ class _Stream:
         self.pos = 0
         return True
 
-    def skip_ws(self) -> str:
-        """The next non-blank character (not consumed); '' at the end of the file."""
+    def skip_blanks(self) -> bool:
+        """Moves past blanks; False at the end of the file."""
         while True:
-            while self.pos < len(self.buf) and self.buf[self.pos] in _WS:
+            while self.pos < len(self.buf) and self.buf[self.pos : self.pos + 1] in self.blanks:
                 self.pos += 1
             if self.pos < len(self.buf):
-                return self.buf[self.pos]
+                return True
             if not self.fill():
-                return ""
+                return False
+
+
+class _Stream(BlockCursor[str]):
+    """A growing window over a text file, read in blocks."""
+
+    def __init__(self, f: TextIO) -> None:
+        super().__init__(f, "", _WS)
+
+    def skip_ws(self) -> str:
+        """The next non-blank character (not consumed); '' at the end of the file."""
+        return self.buf[self.pos] if self.skip_blanks() else ""
 
     def expect(self, chars: str) -> str:
         c = self.skip_ws()

@@ -20,7 +20,18 @@ from pyproj.exceptions import CRSError
 
 from core.errors import PermanentTaskError
 from services.vector import curves, simple_rings
-from services.vector.repair import FAIL, KEEP, REPAIR, Progress, RepairPolicy, make_valid_all, refuse_invalid
+from services.vector.ewkb import one_value, single, value_view, wkb_layout
+from services.vector.repair import (
+    FAIL,
+    HUGE_FEATURE_BYTES,
+    KEEP,
+    REPAIR,
+    Progress,
+    RepairPolicy,
+    make_valid_all,
+    refuse_invalid,
+    run_child,
+)
 
 POINT, LINE, POLYGON, COLLECTION = "point", "line", "polygon", "collection"
 # shapely type ids: 0 Point, 1 LineString, 2 LinearRing, 3 Polygon, 4-6 Multi*, 7 GeometryCollection
@@ -252,7 +263,7 @@ def unpack_collections(geoms: np.ndarray, offset: int, label: str, stats: Geomet
 
 
 def invalid_mask(geoms: np.ndarray) -> np.ndarray:
-    return ~(shapely.is_valid(geoms) | shapely.is_missing(geoms))
+    return ~shapely.is_valid(geoms) & ~shapely.is_missing(geoms)
 
 
 def repair(
@@ -267,12 +278,12 @@ def repair(
     parts of the feature's own family, within a time budget per feature), kept as they are, or refused.
     `features` numbers the rows in messages (default: offset + row)."""
     options = options or GeometryOptions()
+    policy = options.repair
     bad = invalid_mask(geoms)
     if not bad.any():
         return geoms
     where = np.flatnonzero(bad)
     numbers = (offset + where) if features is None else np.asarray(features)[where]
-    policy = options.repair
     if policy.mode == FAIL:
         raise refuse_invalid(geoms[where[0]], int(numbers[0]), label)
     if policy.mode == KEEP:
@@ -312,6 +323,19 @@ class Prepared:
     wkb: pa.Array
     deferred: np.ndarray | None = None  # rows of `keep` left invalid for stage 2 to repair (defer_repair)
 
+    @staticmethod
+    def joined(pieces: list[Prepared]) -> Prepared:
+        """Consecutive pieces of one batch as one."""
+        if len(pieces) == 1:
+            return pieces[0]
+        deferred = None
+        if any(p.deferred is not None for p in pieces):
+            deferred = np.concatenate(
+                [p.deferred if p.deferred is not None else np.zeros(int(p.keep.sum()), bool) for p in pieces]
+            )
+        wkb = pa.concat_arrays([p.wkb.cast(pa.binary()) for p in pieces])
+        return Prepared(np.concatenate([p.keep for p in pieces]), wkb, deferred)
+
 
 # 9-byte WKB header that wraps one single part into its Multi* (little-endian, 1 part), by WKB type 1-3
 _MULTI_HEADER = pa.array(
@@ -323,12 +347,9 @@ def _plain_wkb_types(wkb: pa.Array) -> np.ndarray | None:
     """WKB type codes 1-6 of little-endian 2D values, or None when any value is something else."""
     if wkb.null_count:
         return None
-    wkb = wkb.cast(pa.large_binary()) if wkb.type != pa.large_binary() else wkb
-    n = len(wkb)
-    offsets = np.frombuffer(wkb.buffers()[1], dtype=np.int64)[wkb.offset : wkb.offset + n + 1]
+    offsets, data = wkb_layout(wkb)
     if (np.diff(offsets) < 9).any():
         return None
-    data = np.frombuffer(wkb.buffers()[2], dtype=np.uint8)
     starts = offsets[:-1]
     if not ((data[starts] == 1) & (data[starts + 2] == 0) & (data[starts + 3] == 0) & (data[starts + 4] == 0)).all():
         return None
@@ -339,7 +360,7 @@ def _plain_wkb_types(wkb: pa.Array) -> np.ndarray | None:
 def _binary(wkb: Any) -> pa.Array | None:
     """The batch's WKB as one Arrow binary array, or None when it is not one (a numpy array of bytes)."""
     if isinstance(wkb, pa.ChunkedArray):
-        wkb = wkb.combine_chunks()
+        wkb = single(wkb)
     if not isinstance(wkb, pa.Array) or not (pa.types.is_binary(wkb.type) or pa.types.is_large_binary(wkb.type)):
         return None
     return wkb
@@ -363,23 +384,45 @@ def _promoted_wkb(wkb: Any, keep: np.ndarray) -> pa.Array | None:
     return None if types is None else _wrapped_in_multi(wkb, types)
 
 
+def _point_bounds(wkb: pa.Array) -> np.ndarray | None:
+    """Bounds (x, y, x, y) of a batch of plain 2D points (21-byte WKB values), or None when a value is
+    anything else or has a coordinate that is not a finite number (NaN is POINT EMPTY: GEOS counts it)."""
+    n = len(wkb)
+    offsets, data = wkb_layout(wkb)
+    if (np.diff(offsets) != 21).any():
+        return None
+    xy = data[offsets[0] : offsets[-1]].reshape(n, 21)[:, 5:].copy().view("<f8")
+    if not np.isfinite(xy).all():
+        return None
+    return np.column_stack([xy, xy])
+
+
 def _proven_without_geos(
     wkb: Any, offset: int, reprojector: Reprojector, options: GeometryOptions, stats: GeometryStats
 ) -> Prepared | None:
-    """A batch of small polygons without holes, all proven valid by simple_rings and needing no change
-    but the Multi* promotion, skips GEOS entirely; None sends the batch through GEOS."""
+    """A batch of small polygons without holes, all proven valid by simple_rings, or of points (always
+    valid once their coordinates are numbers), needing no change but the Multi* promotion, skips GEOS
+    entirely; None sends the batch through GEOS."""
     if options.simplify_tolerance or options.quantize_grid or not reprojector.identity:
         return None
     wkb = _binary(wkb)
     types = None if wkb is None else _plain_wkb_types(wkb)
-    if types is None or not len(types) or not np.isin(types, (3, 6)).all():
+    if types is None or not len(types):
         return None
-    proven, bounds = simple_rings.proven_valid(wkb, types)
-    if not proven.all():
+    if (types == 1).all():
+        bounds, family = _point_bounds(wkb), POINT
+        if bounds is None:
+            return None
+    elif np.isin(types, (3, 6)).all():
+        proven, bounds = simple_rings.proven_valid(wkb, types)
+        family = POLYGON
+        if not proven.all():
+            return None
+    else:
         return None
     keep = np.ones(len(wkb), dtype=bool)
     reprojector.check(bounds, keep, offset)
-    stats.families.add(POLYGON)
+    stats.families.add(family)
     return Prepared(keep, _wrapped_in_multi(wkb, types))
 
 
@@ -395,6 +438,10 @@ def linearized(wkb: Any, offset: int, label: str, stats: GeometryStats) -> Any:
     return wkb
 
 
+def _huge_rows(wkb: pa.Array) -> np.ndarray:
+    return np.flatnonzero(pc.fill_null(pc.binary_length(wkb), 0).to_numpy() > HUGE_FEATURE_BYTES)
+
+
 def prepare_geometries(
     wkb: Any,
     offset: int,
@@ -403,7 +450,103 @@ def prepare_geometries(
     options: GeometryOptions,
     stats: GeometryStats,
 ) -> Prepared:
-    """WKB of one batch -> 2D Multi* WKB in EPSG:4326 of the rows to keep.
+    """WKB of one batch -> 2D Multi* WKB in EPSG:4326 of the rows to keep. A value above
+    HUGE_FEATURE_BYTES is prepared by the repair child (prepare_huge), the rows between them here."""
+    binary = _binary(wkb)
+    if binary is None:  # values a caller built (not GDAL's Arrow batch): prepared by shapely alone
+        values = np.asarray(wkb, dtype=object)
+        if not any(v is not None and len(v) > HUGE_FEATURE_BYTES for v in values):
+            return _prepare_batch(values, offset, label, reprojector, options, stats)
+        binary = pa.array(list(values), type=pa.binary())
+    huge = _huge_rows(binary)
+    if not len(huge):
+        return _prepare_batch(binary, offset, label, reprojector, options, stats)
+    pieces, start = [], 0
+    for row in [*huge.tolist(), len(binary)]:
+        if row > start:
+            pieces.append(_prepare_batch(binary.slice(start, row - start), offset + start, label, reprojector,
+                                         options, stats))
+        if row < len(binary):
+            pieces.append(prepare_huge(value_view(binary, row), offset + row, label, reprojector, options, stats))
+        start = row + 1
+    return Prepared.joined(pieces)
+
+
+def _child_request(options: GeometryOptions, reprojector: Reprojector | None) -> dict[str, Any]:
+    """What the child does to a huge feature: every step of _prepare_batch (`reprojector` None: the feature
+    was prepared in stage 1 and only its validity is left)."""
+    mode = options.repair.mode
+    if reprojector is None:
+        return {"mode": mode}
+    request: dict[str, Any] = {
+        "mode": "unchecked" if options.defer_repair and mode == REPAIR else mode,
+        "simplify_tolerance": options.simplify_tolerance,
+        "preserve_topology": options.preserve_topology,
+        "quantize_grid": options.quantize_grid,
+    }
+    if reprojector.transformer is not None:
+        request["crs"] = reprojector.source.to_wkt()
+    return request
+
+
+def prepare_huge(
+    data: memoryview,
+    feature: int,
+    label: str,
+    reprojector: Reprojector | None,
+    options: GeometryOptions,
+    stats: GeometryStats,
+) -> Prepared:
+    """One feature above HUGE_FEATURE_BYTES, prepared by the repair child: the worker holds its bytes only
+    (decoding it, its copies along the steps and GEOS's validity check would take hundreds of MB)."""
+    what = f"{len(data) / 1e6:.0f} MB of WKB"
+    answer = run_child(data, _child_request(options, reprojector), feature, what, label, options.repair)
+    info = answer.info
+    if answer.status == "mixed":
+        raise PermanentTaskError(
+            f"{label}: feature {feature} is a GeometryCollection mixing {answer.message} parts; a table column "
+            "holds one kind of geometry per feature. Split the collection in the source file"
+        )
+    if answer.status == "invalid":
+        raise PermanentTaskError(
+            f"{label}: feature {feature} has an invalid geometry ({answer.message}) and geometry_params.invalid "
+            'is "fail"; repair it in the source, or use "repair" (default) or "keep"'
+        )
+    if answer.status == "unprojectable":
+        raise PermanentTaskError(
+            f"{label}: feature {feature} cannot be reprojected to EPSG:4326 ({answer.message}); check the file's "
+            "CRS or set converter_params.crs"
+        )
+    if answer.status == "undecodable":
+        raise PermanentTaskError(
+            f"{label}: feature {feature} ({what}) has a geometry that cannot be decoded ({answer.message}); "
+            "curved geometries this large are not made linear: convert them to straight segments first"
+        )
+    if "source_bounds" in info and reprojector is not None:
+        reprojector.check(np.array([info["source_bounds"]]), np.ones(1, bool), feature)
+    stats.z_dropped += int(info.get("z_dropped", 0))
+    stats.collections_unpacked += int(info.get("collection_unpacked", 0))
+    stats.repaired += int(info.get("repaired", 0))
+    stats.invalid_kept += int(info.get("invalid_kept", 0))
+    if answer.status != "ok":
+        stats.null_geometry += int(answer.status == "null")
+        stats.collapsed += int(answer.status == "collapsed")
+        return Prepared(np.zeros(1, bool), pa.array([], type=pa.binary()))
+    stats.families.add(info["family"])
+    wkb = one_value(answer.wkb)
+    unchecked = options.defer_repair and options.repair.mode == REPAIR and reprojector is not None
+    return Prepared(np.ones(1, bool), wkb, np.ones(1, bool) if unchecked else None)
+
+
+def _prepare_batch(
+    wkb: pa.Array | np.ndarray,
+    offset: int,
+    label: str,
+    reprojector: Reprojector,
+    options: GeometryOptions,
+    stats: GeometryStats,
+) -> Prepared:
+    """prepare_geometries of rows that are not huge.
 
     When nothing changes (no Z/M, no collection, no reprojection, simplify or quantize, all valid) the
     source's WKB is reused, promoted to Multi* at the byte level: decoding is still needed for the checks,
@@ -442,7 +585,7 @@ def prepare_geometries(
         geoms = shapely.set_precision(geoms, options.quantize_grid)
     deferred = None
     if options.defer_repair and options.repair.mode == REPAIR:
-        deferred = invalid_mask(geoms)
+        deferred = invalid_mask(geoms)  # stage 2 repairs them
     else:
         geoms = repair(geoms, offset, label, stats, options)
     unchanged = unchanged and geoms is before  # each step returns its input when it changes nothing
@@ -464,7 +607,8 @@ def repair_marked(
     wkb: pa.Array, features: pa.Array, label: str, options: GeometryOptions, stats: GeometryStats
 ) -> tuple[np.ndarray, pa.Array]:
     """Stage 2's repair of the rows stage 1 marked invalid (`features` holds their feature numbers, null for
-    valid rows): (rows to keep, their WKB). Only the marked rows are decoded."""
+    valid rows): (rows to keep, their WKB). Only the marked rows are decoded; a huge one (left unchecked by
+    stage 1) is checked and repaired by the child, never decoded here."""
     wkb = _binary(wkb) if _binary(wkb) is not None else pa.array(wkb, type=pa.binary())
     if isinstance(features, pa.ChunkedArray):
         features = features.combine_chunks()
@@ -472,17 +616,34 @@ def repair_marked(
     keep = np.ones(len(wkb), dtype=bool)
     if not marked.any():
         return keep, wkb
-    where = np.flatnonzero(marked)
-    numbers = features.filter(pa.array(marked)).to_numpy(zero_copy_only=False)
-    geoms = shapely.from_wkb(wkb.filter(pa.array(marked)).to_numpy(zero_copy_only=False))
-    fixed = repair(geoms, 0, label, stats, options, numbers)
-    alive = ~shapely.is_missing(fixed)
-    alive[alive] = ~shapely.is_empty(fixed[alive])
-    stats.collapsed += int((~alive).sum())
-    keep[where[~alive]] = False
-    values = wkb.to_numpy(zero_copy_only=False).copy()
-    values[where[alive]] = shapely.to_wkb(promote_to_multi(fixed[alive]))
-    return keep, pa.array(values[keep], type=pa.binary())
+    numbers = features.to_numpy(zero_copy_only=False)
+    huge = np.zeros(len(wkb), dtype=bool)
+    huge[_huge_rows(wkb)] = True
+    new: dict[int, pa.Array] = {}
+    for row in np.flatnonzero(marked & huge).tolist():
+        done = prepare_huge(value_view(wkb, row), int(numbers[row]), label, None, options, stats)
+        keep[row] = bool(done.keep[0])
+        new[row] = done.wkb
+    small = np.flatnonzero(marked & ~huge)
+    if len(small):
+        geoms = shapely.from_wkb(wkb.take(pa.array(small)).to_numpy(zero_copy_only=False))
+        fixed = repair(geoms, 0, label, stats, options, numbers[small])
+        alive = ~shapely.is_missing(fixed)
+        alive[alive] = ~shapely.is_empty(fixed[alive])
+        stats.collapsed += int((~alive).sum())
+        keep[small[~alive]] = False
+        values = shapely.to_wkb(promote_to_multi(fixed[alive]))
+        new.update((int(row), pa.array([value], pa.binary())) for row, value in zip(small[alive], values, strict=True))
+    pieces, start = [], 0
+    for row in [*np.flatnonzero(marked).tolist(), len(wkb)]:  # unmarked runs as they are, marked rows replaced
+        if row > start:
+            pieces.append(wkb.slice(start, row - start).cast(pa.binary()))
+        if row < len(wkb) and keep[row]:
+            pieces.append(new[row])
+        start = row + 1
+    if len(pieces) == 1:  # a huge feature alone: its answer as it is, not copied by a concatenation
+        return keep, pieces[0]
+    return keep, pa.concat_arrays(pieces) if pieces else pa.array([], type=pa.binary())
 
 
 def column_geometry_type(families: set[str]) -> str:

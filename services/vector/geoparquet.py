@@ -29,6 +29,9 @@ class GeoParquetInfo:
     drop: list[str]  # covering (bbox) columns: derived from the geometry, not attributes
     rows: int
     row_groups: int
+    geometry_types: list[str]  # as the metadata declares them ([]: not said)
+    schema: pa.Schema
+    group_rows: list[int]
 
 
 def is_parquet(path: Path) -> bool:
@@ -48,6 +51,11 @@ def describe(path: Path, blob_name: str) -> GeoParquetInfo:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
         raise PermanentTaskError(f"could not read GeoParquet '{blob_name}': {exc}") from None
+    return describe_file(pf, blob_name)
+
+
+def describe_file(pf: pq.ParquetFile, blob_name: str) -> GeoParquetInfo:
+    """describe() of a file already open (its footer read)."""
     raw = (pf.schema_arrow.metadata or {}).get(b"geo")
     if raw is None:
         raise PermanentTaskError(
@@ -74,7 +82,13 @@ def describe(path: Path, blob_name: str) -> GeoParquetInfo:
         crs = None if column["crs"] is None else json.dumps(column["crs"])
     covering = (column.get("covering") or {}).get("bbox") or {}
     drop = sorted({str(v[0]) for v in covering.values() if isinstance(v, list) and v} - {primary})
-    return GeoParquetInfo(primary, crs, drop, pf.metadata.num_rows, pf.metadata.num_row_groups)
+    declared = column.get("geometry_types") or []
+    meta = pf.metadata
+    return GeoParquetInfo(
+        primary, crs, drop, meta.num_rows, meta.num_row_groups,
+        [str(t) for t in declared] if isinstance(declared, list) else [], pf.schema_arrow,
+        [meta.row_group(i).num_rows for i in range(meta.num_row_groups)],
+    )
 
 
 def opener(blob_name: str) -> Any:

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import sql
 
@@ -104,23 +105,27 @@ def _highest_crowded_zoom(
     Estimated from a uniform sample of about SAMPLE_POINTS points, with a margin (a tile counts when it
     seems to hold 80 % of the budget, which a tile over the budget does not miss: its sample count is
     several standard deviations above that): one zoom too many costs build time only, since just the
-    tiles whose cells really hold more than the budget are stored.
+    tiles whose cells really hold more than the budget are stored. The sample's tiles are counted here,
+    zoom by zoom from the top, stopping at the first crowded one (rolled up in SQL over every zoom at
+    once, the counting took 1.8 s of the 2.3 s build on 1M points).
     """
     percent = min(100.0, 100.0 * SAMPLE_POINTS / max(rows, 1))
     threshold = budget * 0.8 * percent / 100
     z = OVERVIEW_MAX_ZOOM
     row = conn.execute(
-        sql.SQL(
-            "WITH tiles AS (SELECT {cx} AS tx, {cy} AS ty, count(*)::int AS n FROM ({points}) p GROUP BY 1, 2)"
-            " SELECT max({z} - s) AS z FROM (SELECT s, sum(n) AS n FROM tiles, generate_series(0, {z}) s"
-            " GROUP BY s, tx >> s, ty >> s) t WHERE n > {threshold}"
-        ).format(
+        sql.SQL("SELECT array_agg({cx}) AS tx, array_agg({cy}) AS ty FROM ({points}) p").format(
             cx=sql.SQL(cell_index_sql("x", z)), cy=sql.SQL(cell_index_sql("y", z)),
-            points=_mercator_points(table, geometry_type, percent), z=sql.Literal(z),
-            threshold=sql.Literal(threshold),
+            points=_mercator_points(table, geometry_type, percent),
         )
     ).fetchone()
-    return None if row is None or row["z"] is None else int(row["z"])
+    if row is None or not row["tx"]:
+        return None
+    tx, ty = np.array(row["tx"], np.int64), np.array(row["ty"], np.int64)
+    for zoom in range(z, -1, -1):
+        tiles = (tx >> (z - zoom)) * ((1 << zoom) + 2) + (ty >> (z - zoom))  # ty may reach 2**zoom (lat 85)
+        if np.unique(tiles, return_counts=True)[1].max() > threshold:
+            return zoom
+    return None
 
 
 def _cells_table(z: int) -> sql.Identifier:

@@ -4,7 +4,8 @@ Stage 1 reads a file's description (columns, geometry family, CRS, encoding) and
 parts; it reads no feature. Each part is a small dict with a `kind` and what to read: a GeoPackage
 fid range ("gpkg_fids", slices.py), a Shapefile record range ("shp_records", shapefile_parts.py), a
 CSV byte range on record boundaries ("csv_bytes", csv_parts.py), a run of whole GeoJSON features by
-byte range ("geojson_features", geojson_parts.py).
+byte range ("geojson_features", geojson_parts.py), GeoParquet row groups ("parquet_row_groups",
+parquet_parts.py).
 A stage 2 task opens its part as a Source (the same reader as a whole file gets, with the part's
 first feature number as offset, so messages name file-wide feature numbers), prepares it and COPYs
 it. The plan's `source` dict (shared by every part: file versions, layer, encoding, the declared
@@ -23,7 +24,7 @@ from typing import Any
 
 from infrastructure.blob import BlobStore
 from services.context import TaskContext
-from services.vector import csv_parts, geojson_parts, shapefile_parts, slices
+from services.vector import csv_parts, geojson_parts, parquet_parts, shapefile_parts, slices
 from services.vector.geometry import GeometryStats
 from services.vector.identifiers import ColumnNamer
 from services.vector.source import Source
@@ -49,6 +50,7 @@ KINDS: dict[str, PartKind] = {
     "shp_records": PartKind(shapefile_parts.part_source, _nothing_to_confirm, shapefile_parts.describe_part),
     "csv_bytes": PartKind(csv_parts.part_source, _nothing_to_confirm, csv_parts.describe_part, csv_parts.check_part),
     "geojson_features": PartKind(geojson_parts.part_source, _nothing_to_confirm, geojson_parts.describe_part),
+    "parquet_row_groups": PartKind(parquet_parts.part_source, _nothing_to_confirm, parquet_parts.describe_part),
 }
 
 
@@ -63,6 +65,8 @@ def plan_parts(params: dict[str, Any], store: BlobStore, ctx: TaskContext) -> Pl
         return csv_parts.plan_csv(params, store, ctx)
     if ext in ("geojson", "json", "geojsonl", "geojsons"):
         return geojson_parts.plan_geojson(params, store, ctx)
+    if ext == "parquet":
+        return parquet_parts.plan_parquet(params, store, ctx)
     return None
 
 

@@ -57,7 +57,8 @@ def _valid_mask(col: pa.Array) -> np.ndarray | None:
 
 
 def _numbers(col: pa.Array, fill: int | float = 0) -> np.ndarray:
-    return pc.fill_null(col, fill).to_numpy(zero_copy_only=False) if col.null_count else col.to_numpy()
+    # zero_copy_only=False: Arrow packs booleans in bits, which numpy cannot view (the others stay views)
+    return (pc.fill_null(col, fill) if col.null_count else col).to_numpy(zero_copy_only=False)
 
 
 def encode_variable(payload: pa.Array) -> pa.Array:
@@ -125,24 +126,32 @@ def encode_column(col: pa.Array, pg_type: str, stats: EncodeStats) -> pa.Array:
     return _with_nulls(_from_fixed(values), valid)
 
 
-def encode_rows(fields: list[pa.Array]) -> memoryview:
-    """Rows of already-encoded fields -> the bytes of those rows in COPY BINARY format."""
+def encode_rows(fields: list[pa.Array], count: int | None = None) -> memoryview:
+    """Rows of already-encoded fields -> the bytes of those rows in COPY BINARY format. `count`: the row's
+    field count when more fields follow these (a huge field written after them, by the caller)."""
     n = len(fields[0])
-    header = pa.repeat(pa.scalar(len(fields).to_bytes(2, "big"), LB), n)
+    header = pa.repeat(pa.scalar((count or len(fields)).to_bytes(2, "big"), LB), n)
     joined = pc.binary_join_element_wise(header, *fields, _EMPTY)
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)
     start, end = int(offsets[joined.offset]), int(offsets[joined.offset + n])
     return memoryview(joined.buffers()[2])[start:end]
 
 
-def iter_slabs(lengths: np.ndarray, max_rows: int = 50_000, max_bytes: int = 32 * 1024**2) -> Iterator[slice]:
-    """Row ranges small enough to encode in memory: bounded by rows and by geometry bytes."""
+def iter_slabs(
+    lengths: np.ndarray, max_rows: int = 50_000, max_bytes: int = 32 * 1024**2, alone: int = 8 * 1024**2
+) -> Iterator[slice]:
+    """Row ranges small enough to encode in memory: bounded by rows and by geometry bytes; a row of `alone`
+    bytes or more is a range of its own (its value is streamed, not encoded)."""
     n = len(lengths)
     start = 0
     cum = np.cumsum(lengths, dtype=np.int64)
+    big = np.flatnonzero(lengths >= alone)
     while start < n:
         base = cum[start - 1] if start else 0
         by_bytes = int(np.searchsorted(cum, base + max_bytes, side="right"))
         end = min(n, start + max_rows, max(by_bytes, start + 1))
+        after = big[np.searchsorted(big, start) :]
+        if len(after):  # stop before the next big row; a big row goes alone
+            end = start + 1 if after[0] == start else min(end, int(after[0]))
         yield slice(start, end)
         start = end

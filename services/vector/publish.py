@@ -181,29 +181,37 @@ def publish_vector_table(params: dict[str, Any], ctx: TaskContext) -> dict[str, 
     if not table_owner(conn, STAGING_SCHEMA, staging)[0]:
         raise PermanentTaskError(f"the staging table {STAGING_SCHEMA}.{staging} of this job is missing; submit again")
 
-    def index_staging() -> tuple[int, list[float] | None]:
-        _, extent = create_indexes(
-            conn, STAGING_SCHEMA, staging, spatial, attributes, temporal,
-            meanwhile=lambda other: table_extent(other, STAGING_SCHEMA, staging),  # read while the GiST index builds
+    overview_min_rows = get_settings().tile_overview_min_rows
+
+    def overview(c: psycopg.Connection, in_schema: str, name: str, rows: int) -> dict[str, Any] | None:
+        kind = geometry_type_of(table_columns(c, in_schema, name))
+        return build_overview(c, qualified(in_schema, name), kind, rows, min_rows=overview_min_rows)
+
+    def extent_and_overview(other: psycopg.Connection) -> tuple[tuple[int, list[float] | None], Any]:
+        """Read on the side connection while the GiST index builds. A new version's tiles are aggregated
+        there too, before the lock while readers use the old one; they commit with the side connection
+        and are served only once record_owner ties them to the published table (in this transaction)."""
+        extent = table_extent(other, STAGING_SCHEMA, staging)
+        return extent, overview(other, STAGING_SCHEMA, staging, extent[0])
+
+    def index_staging() -> tuple[int, list[float] | None, dict[str, Any] | None]:
+        _, ((rows, extent), tiles) = create_indexes(
+            conn, STAGING_SCHEMA, staging, spatial, attributes, temporal, meanwhile=extent_and_overview
         )
-        return extent
+        return rows, extent, tiles
 
     t0 = time.monotonic()
     # Appended rows go into a table that has its indexes: staging then needs only its extent.
     indexed = mode != "append" or not table_owner(conn, schema, table)[0]
-    staged_rows, bbox = index_staging() if indexed else table_extent(conn, STAGING_SCHEMA, staging)
+    tile_overview = None
+    if indexed:
+        staged_rows, bbox, tile_overview = index_staging()
+    else:
+        staged_rows, bbox = table_extent(conn, STAGING_SCHEMA, staging)
     period = temporal_range(conn, STAGING_SCHEMA, staging, temporal) if indexed else None
     index_seconds = time.monotonic() - t0
     if bbox is None:
         raise ValueError(f"table {STAGING_SCHEMA}.{staging} is empty; nothing to publish")
-    overview_min_rows = get_settings().tile_overview_min_rows
-
-    def overview(in_schema: str, name: str, rows: int) -> dict[str, Any] | None:
-        kind = geometry_type_of(table_columns(conn, in_schema, name))
-        return build_overview(conn, qualified(in_schema, name), kind, rows, min_rows=overview_min_rows)
-
-    # tiles of a new version are aggregated before the lock, while readers use the old one
-    tile_overview = overview(STAGING_SCHEMA, staging, staged_rows) if indexed else None
 
     # The publishing section: from here to the task's commit, the target is locked (briefly).
     t1 = time.monotonic()
@@ -220,16 +228,15 @@ def publish_vector_table(params: dict[str, Any], ctx: TaskContext) -> dict[str, 
         _index_missing_columns(conn, schema, table, [*attributes, *temporal])
         row_count, bbox = table_extent(conn, schema, table)
         period = temporal_range(conn, schema, table, temporal)
-        tile_overview = overview(schema, table, row_count)  # readers are not blocked by the appended rows
+        tile_overview = overview(conn, schema, table, row_count)  # readers are not blocked by the appended rows
         columns = table_columns(conn, schema, table)
         item_params["geometry_type"] = geometry_type_of(columns)
         item_params["columns"] = [{"name": c, "type": t} for c, t in columns.items() if c != GEOMETRY_COLUMN]
         action = "appended"
     else:
         if not indexed:  # append to a table deleted since the check above: published as a new one
-            index_staging()
+            _, _, tile_overview = index_staging()
             period = temporal_range(conn, STAGING_SCHEMA, staging, temporal)
-            tile_overview = overview(STAGING_SCHEMA, staging, staged_rows)
         if exists:
             _drop_previous(conn, schema, table)
         _move_into(conn, staging, schema, table, index_suffixes(spatial, attributes, temporal))

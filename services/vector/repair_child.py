@@ -1,25 +1,33 @@
-"""The repair of one big invalid geometry, run in a child process so that its time and memory can be bounded.
+"""One feature prepared in a child process, so that its time and memory can be bounded.
 
-A GEOS call cannot be interrupted from Python, so the parent (services/vector/repair.py) runs this
-module with a timeout and kills it when the budget is spent. The child reads one WKB value on stdin and
-writes a status byte, its peak resident memory (VmHWM, kB, 8 bytes little-endian) and the repaired WKB on
-stdout (no pickle: only bytes cross the pipe). Its address space is limited (RLIMIT_AS, argv[1] in MB,
-REPAIR_MEMORY_MB): a feature that needs more fails its repair with status "M" instead of raising the
-machine's memory until the kernel kills the worker.
+Two kinds of features come here (services/vector/repair.py runs this file): an invalid feature of more
+than CHILD_MIN_VERTICES, which the worker has prepared and checked, to be repaired; and a huge feature
+(a WKB value above HUGE_FEATURE_BYTES), which the worker never decodes at all: every step of
+geometry.prepare_geometries runs here instead (2D, collections unpacked, reprojection, simplify,
+quantize, the validity check, the repair by geometry_params.invalid, parts of the feature's own
+family kept, Multi*), so that the worker holds the feature's bytes only, never its geometry.
 
-Method (measured on earth-seas-10m's 1.78M-vertex MultiPolygon: GEOS make_valid 'structure' on the whole
-feature 127-153 s, 'linework' 188-247 s; parts below): only the invalid polygons are made valid
+A GEOS call cannot be interrupted from Python, so the parent runs this file with a timeout and kills it
+when the budget is spent. It reads one request line (JSON) and one WKB value on stdin, and writes one
+answer line (JSON: status, peak resident memory, counts, bounds, the WKB's length) and the prepared WKB
+on stdout: no pickle, only bytes cross the pipe. Its address space is limited (RLIMIT_AS, argv[1] in MB,
+REPAIR_MEMORY_MB): a feature that needs more fails with status "memory" instead of raising the
+machine's memory until the kernel kills the worker. Only shapely and numpy are imported (pyproj when the
+feature is reprojected): the services package would hold 210 MB before the work starts.
+
+Repair method (measured on earth-seas-10m's 1.78M-vertex MultiPolygon: GEOS make_valid 'structure' on the
+whole feature 127-153 s, 'linework' 188-247 s; parts below): only the invalid polygons are made valid
 ('structure': shells unioned, holes subtracted), valid parts are kept as they are; the parts are then
 merged where they overlap or touch with GEOS's disjoint-subset union (a full union takes 118 s; checking the
 assembled parts' validity alone, 90 s). The result is valid by construction and has
 make_valid(method='structure')'s semantics and area. Each copy is dropped as soon as the next one exists
-(source WKB, the parsed feature, the invalid originals), since the peak is what bounds the worker.
+(source WKB, the parsed feature, the invalid originals), since the peak is what bounds the child.
 """
 
 from __future__ import annotations
 
+import json
 import resource
-import struct
 import sys
 
 import numpy as np
@@ -152,10 +160,15 @@ def _union_repaired(holder: list[np.ndarray]) -> shapely.Geometry:
     return union_parts(polygons)
 
 
-def repair(data: bytes) -> shapely.Geometry:
-    """The repaired geometry of one WKB value."""
-    geom = shapely.from_wkb(data)
-    del data
+def repair(geom: shapely.Geometry) -> shapely.Geometry:
+    """make_valid(method='structure') of an invalid geometry; polygons part by part (see the module)."""
+    return repair_taken([geom])
+
+
+def repair_taken(holder: list[shapely.Geometry]) -> shapely.Geometry:
+    """repair() of the geometry taken out of `holder`: the caller keeps no reference, so the original is
+    released as soon as its parts are copied out."""
+    geom = holder.pop()
     if shapely.get_type_id(geom) not in (3, 6, 7):
         return shapely.make_valid(geom)
     parts = polygon_parts(geom)
@@ -167,22 +180,140 @@ def repair(data: bytes) -> shapely.Geometry:
     return _union_repaired(holder)
 
 
+# shapely type ids by family (0 Point, 1 LineString, 2 LinearRing, 3 Polygon, 4-6 Multi*, 7 collection)
+FAMILY_TYPES = {"point": (0, 4), "line": (1, 2, 5), "polygon": (3, 6)}
+_MULTI = {"point": shapely.multipoints, "line": shapely.multilinestrings, "polygon": shapely.multipolygons}
+
+
+class Refused(Exception):
+    """The feature cannot be loaded as asked: the answer's status and message say why."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def leaf_parts(geom: shapely.Geometry) -> np.ndarray:
+    """The single, non-empty parts of a geometry, collections and Multi* unpacked at any depth."""
+    parts = shapely.get_parts(geom)
+    while len(parts) and (shapely.get_type_id(parts) >= 4).any():
+        parts = shapely.get_parts(parts)
+    return parts[~shapely.is_empty(parts)]
+
+
+def family_of(parts: np.ndarray) -> str | None:
+    """The one family of these single parts; Refused("mixed") when they mix families."""
+    ids = set(shapely.get_type_id(parts).tolist())
+    found = sorted(f for f, types in FAMILY_TYPES.items() if ids & set(types))
+    if len(found) > 1:
+        raise Refused("mixed", " and ".join(found))
+    return found[0] if found else None
+
+
+def as_multi(geom: shapely.Geometry, family: str) -> shapely.Geometry | None:
+    """The geometry's parts of `family` as one Multi* (None when none survives); the geometry itself when
+    it is one already (each copy of a huge feature counts against the memory limit)."""
+    type_id = int(shapely.get_type_id(geom))
+    if type_id in FAMILY_TYPES[family]:
+        return geom if type_id >= 4 else _MULTI[family]([geom])
+    parts = leaf_parts(geom)
+    del geom
+    parts = parts[np.isin(shapely.get_type_id(parts), FAMILY_TYPES[family])]
+    return _MULTI[family](parts) if len(parts) else None
+
+
+def reprojected(geom: shapely.Geometry, crs: str) -> shapely.Geometry:
+    from pyproj import CRS, Transformer
+
+    t = Transformer.from_crs(CRS.from_user_input(crs), CRS.from_epsg(4326), always_xy=True)
+
+    def _xy(coords: np.ndarray) -> np.ndarray:
+        x, y = t.transform(coords[:, 0], coords[:, 1])
+        return np.column_stack([x, y])
+
+    out = shapely.transform(geom, _xy)
+    if not np.isfinite(shapely.bounds(out)).all():
+        raise Refused("unprojectable", "its coordinates fall outside the projection's area of use")
+    return out
+
+
+def prepare(data: bytes | bytearray, request: dict, answer: dict) -> bytes:
+    """The feature's prepared WKB (empty when nothing is loaded); `answer` gets the status and counts.
+
+    request: mode ("repair", "keep", "fail", or "unchecked": no validity check, stage 2 checks),
+    known_invalid (the worker checked it), crs (to reproject from), simplify_tolerance,
+    preserve_topology, quantize_grid."""
+    try:
+        geom = shapely.from_wkb(data)
+    except (shapely.errors.GEOSException, NotImplementedError, ValueError) as exc:
+        raise Refused("undecodable", str(exc)) from None
+    del data
+    if geom is None or shapely.is_empty(geom):
+        answer["status"] = "null"
+        return b""
+    answer["source_bounds"] = [float(v) for v in shapely.bounds(geom)]
+    if shapely.has_z(geom) or shapely.has_m(geom):
+        answer["z_dropped"] = int(shapely.has_z(geom))
+        geom = shapely.force_2d(geom)
+    if shapely.get_type_id(geom) == 7:
+        answer["collection_unpacked"] = 1
+        parts = leaf_parts(geom)
+        del geom
+        family = family_of(parts)
+        if family is None:
+            answer["status"] = "collapsed"
+            return b""
+        geom = _MULTI[family](parts)
+        del parts
+    else:
+        family = family_of(np.array([geom]))
+    answer["family"] = family
+    if request.get("crs"):
+        geom = reprojected(geom, request["crs"])
+    if request.get("simplify_tolerance"):
+        geom = shapely.simplify(geom, request["simplify_tolerance"], request.get("preserve_topology", True))
+    if request.get("quantize_grid"):
+        geom = shapely.set_precision(geom, request["quantize_grid"])
+    mode = request.get("mode", "repair")
+    if mode != "unchecked" and (request.get("known_invalid") or not shapely.is_valid(geom)):
+        if mode == "fail":
+            raise Refused("invalid", str(shapely.is_valid_reason(geom)))
+        if mode == "keep":
+            answer["invalid_kept"] = 1
+        else:
+            holder = [geom]
+            del geom
+            geom = repair_taken(holder)
+            answer["repaired"] = 1
+    multi = as_multi(geom, family)
+    del geom
+    if multi is None:
+        answer["status"] = "collapsed"
+        return b""
+    answer["status"] = "ok"
+    return shapely.to_wkb(multi)
+
+
 def main() -> int:
     limit_mb = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     if limit_mb > 0:
         resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
-    status, body = b"K", b""
+    answer: dict = {}
+    body = b""
     try:
-        fixed = repair(sys.stdin.buffer.read())
-        body = shapely.to_wkb(fixed)
-        del fixed
+        request = json.loads(sys.stdin.buffer.readline())
+        body = prepare(sys.stdin.buffer.read(), request, answer)
     except MemoryError:
-        status = b"M"
+        answer["status"] = "memory"
+    except Refused as exc:
+        answer |= {"status": exc.status, "message": str(exc)}
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which names the feature
         # GEOS reports a failed allocation as a GEOSException carrying std::bad_alloc
-        status, body = (b"M", b"") if "bad_alloc" in str(exc) else (b"E", f"{type(exc).__name__}: {exc}".encode())
+        bad_alloc = "bad_alloc" in str(exc)
+        answer |= {"status": "memory"} if bad_alloc else {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
+    answer |= {"peak_kb": peak_kb(), "wkb_bytes": len(body)}
     out = sys.stdout.buffer
-    out.write(status + struct.pack("<Q", peak_kb()))
+    out.write(json.dumps(answer).encode() + b"\n")
     out.write(body)
     out.flush()
     return 0

@@ -76,10 +76,7 @@ def fetch(
     try:
         store.download_range(container, entry["name"], offset, length, out, entry["version"])
     except BlobChanged as exc:
-        state = "was deleted" if exc.deleted else "was replaced"
-        raise PermanentTaskError(
-            f"file '{entry['shown']}' {state} while the job was loading it; submit the job again"
-        ) from None
+        raise PermanentTaskError(exc.for_user(entry["shown"])) from None
 
 
 def _read(store: BlobStore, container: str, entry: dict[str, Any], offset: int, length: int | None) -> bytes:

@@ -18,6 +18,8 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
+from services.vector.ewkb import wkb_layout
+
 MAX_SEGMENTS = 32  # pairs grow with the square of a ring's length; longer rings go to GEOS
 PAIRS_PER_PASS = 1 << 18  # ring-segment pairs tested per numpy pass (bounds the scratch memory)
 # An orientation sign is trusted when the determinant exceeds this share of its terms' magnitudes:
@@ -127,10 +129,8 @@ def _coordinates(data: np.ndarray, first: np.ndarray, byte: np.ndarray) -> np.nd
 def proven_valid(wkb: pa.Array, types: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows proven valid, their bounds minx, miny, maxx, maxy) of a batch of plain little-endian 2D
     WKB values whose type codes are `types`; bounds are NaN for the rows not proven."""
-    wkb = wkb.cast(pa.large_binary()) if wkb.type != pa.large_binary() else wkb
     n = len(wkb)
-    offsets = np.frombuffer(wkb.buffers()[1], dtype=np.int64)[wkb.offset : wkb.offset + n + 1]
-    data = np.frombuffer(wkb.buffers()[2], dtype=np.uint8)
+    offsets, data = wkb_layout(wkb)
     proven = np.zeros(n, dtype=bool)
     bounds = np.full((n, 4), np.nan)
     rows, coords_at, points = _single_ring(data, offsets[:-1], np.diff(offsets), types)

@@ -6,7 +6,9 @@ Each one is small and keeps tipg's own signatures, so it can be dropped when tip
 - paging under `sortby`: tipg orders only by the requested keys, so rows that tie on a
   non-unique key come back in any order from page to page (rows duplicated and dropped).
   The id column is appended as the last key: a total order, exact paging.
-- `numberMatched`: tipg runs COUNT(*) over the matched rows for every page. On a table larger
+- `numberMatched`: tipg runs COUNT(*) over the matched rows for every page, in a statement of its
+  own (a replace committing between it and the page's gives a count of another version). Here a
+  counted page is one statement that reads the matches once. On a table larger
   than COUNT_EXACT_MAX_ROWS, a page whose count would scan the table (every unfiltered page, a
   filter no index serves) or that the planner expects to match more rows than that leaves it
   out (OGC API - Features Part 1, 7.15.4: the
@@ -59,12 +61,22 @@ UPSTREAM = {"_sortby": PgCollection._sortby, "features": PgCollection.features, 
 _installed = False
 
 
-def _sortby(self: PgCollection, sortby: str | None) -> str:
-    """tipg's ORDER BY, with the id column as the final key when the request sorts."""
+def _sort_keys(self: PgCollection, sortby: str | None) -> list[tuple[str, str]]:
+    """(column, ORDER BY fragment) of tipg's order, with the id column as the final key when the request
+    sorts."""
     sorts = self._sort_expressions(sortby)
     if sortby and self.id_column is not None and self.id_column.name not in [name for name, _ in sorts]:
         sorts.append((self.id_column.name, tipg_collections._quote_ident(self.id_column.name)))
-    return "ORDER BY " + ", ".join(fragment for _, fragment in sorts)
+    return sorts
+
+
+def _order_by(keys: list[tuple[str, str]]) -> str:
+    return "ORDER BY " + ", ".join(fragment for _, fragment in keys)
+
+
+def _sortby(self: PgCollection, sortby: str | None) -> str:
+    """tipg's ORDER BY, with the id column as the final key when the request sorts."""
+    return _order_by(_sort_keys(self, sortby))
 
 
 async def _estimated_rows(self: PgCollection, conn: asyncpg.Connection) -> float:
@@ -108,24 +120,17 @@ async def _features(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
         raise InvalidLimit(f"Limit can not be set higher than {features_settings.max_features_per_query}")
     where = _where(self, kwargs)
     matched: int | None = None
-    if await _count_is_cheap(self, conn, where):
-        matched = await self._features_count_query(conn, where=where, function_parameters=function_parameters)
-    features: list[Feature] = [
-        f
-        async for f in self._features_query(
-            conn,
-            where=where,
-            sortby=kwargs.get("sortby"),
-            properties=kwargs.get("properties"),
-            geom=geom,
-            limit=limit + 1,
-            offset=offset,
-            bbox_only=kwargs.get("bbox_only"),
-            simplify=kwargs.get("simplify"),
-            geom_as_wkt=kwargs.get("geom_as_wkt", False),
-            function_parameters=function_parameters,
-        )
-    ]
+    page = {"sortby": kwargs.get("sortby"), "properties": kwargs.get("properties"), "geom": geom,
+            "limit": limit + 1, "offset": offset, "bbox_only": kwargs.get("bbox_only"),
+            "simplify": kwargs.get("simplify"), "geom_as_wkt": kwargs.get("geom_as_wkt", False)}
+    counted = await _count_is_cheap(self, conn, where)
+    if counted and self.type != "Function" and self.id_column is not None:
+        features, matched = await _counted_page(self, conn, where, **page)
+    else:
+        if counted:
+            matched = await self._features_count_query(conn, where=where, function_parameters=function_parameters)
+        features = [f async for f in self._features_query(conn, where=where, function_parameters=function_parameters,
+                                                          **page)]
     more = len(features) > limit
     features = features[:limit]
     if matched is None:
@@ -136,6 +141,39 @@ async def _features(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
         next=offset + len(features) if more else None,
         prev=max(offset - limit, 0) if offset else None,
     )
+
+
+async def _counted_page(
+    self: PgCollection, conn: asyncpg.Connection, where: Any, *, sortby: str | None, properties: list[str] | None,
+    geom: str | None, limit: int, offset: int, bbox_only: bool | None, simplify: float | None, geom_as_wkt: bool,
+) -> tuple[list[Feature], int]:
+    """A page and numberMatched in one statement: the matches are read once (their row address and sort
+    keys), counted, and the page's rows fetched by address; one statement is one snapshot, so the count
+    and the page always describe the same version of the table."""
+    keys = _sort_keys(self, sortby)
+    order = _order_by(keys)
+    key_columns = ", ".join(dict.fromkeys(tipg_collections._quote_ident(name) for name, _ in keys))
+    select = self._select(properties=properties, geometry_column=self.get_geometry_column(geom),
+                          bbox_only=bbox_only, simplify=simplify, geom_as_wkt=geom_as_wkt)
+    table = self._qualified_name
+    query = (
+        f"WITH tipg_m AS MATERIALIZED (SELECT ctid AS tipg_ctid, {key_columns} FROM {table}"  # noqa: S608
+        f" {self._where_clause(where)}),"
+        f" tipg_p AS (SELECT tipg_ctid FROM tipg_m {order} LIMIT {int(limit)} OFFSET {int(offset)})"
+        " SELECT c.tipg_matched, p.* FROM (SELECT count(*) AS tipg_matched FROM tipg_m) c"
+        f" LEFT JOIN LATERAL ({select}, row_number() OVER ({order}) AS tipg_rank FROM {table}"
+        " WHERE ctid = ANY(ARRAY(SELECT tipg_ctid FROM tipg_p))) p ON TRUE ORDER BY p.tipg_rank"
+    )
+    features, matched = [], 0
+    for row in await conn.fetch(query):
+        props = dict(row)
+        matched = int(props.pop("tipg_matched"))
+        props.pop("tipg_rank")
+        if props.get("tipg_id") is None:  # no page: the count's row alone
+            continue
+        g, fid = props.pop("tipg_geom"), props.pop("tipg_id")
+        features.append(Feature(type="Feature", geometry=g, id=fid, properties=props))
+    return features, matched
 
 
 def _where(self: PgCollection, kwargs: dict[str, Any], **extra: Any) -> Any:
