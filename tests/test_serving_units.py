@@ -123,3 +123,65 @@ def test_catalog_generation_moves_with_tables_and_columns_not_with_statistics(da
         assert gen() != retyped
         conn.execute(f"DROP TABLE geo.{table}")
         assert gen() == before
+
+
+def test_a_catalog_built_while_a_replace_commits_shows_the_new_table(database: str) -> None:
+    """The build waits on a replace's lock (in tipg's extent query), the replace commits under it: the
+    keeper builds again, so the catalog it keeps has the new columns, not the old ones or no table."""
+    import asyncio
+    import uuid
+
+    import psycopg
+    from fastapi import FastAPI
+    from tipg import database as tipg_db
+
+    from triggers.serving.catalog import CatalogKeeper
+
+    schema = f"cat_{uuid.uuid4().hex[:8]}"
+    geom = "geom geometry(Point,4326)"
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.blocker (id int PRIMARY KEY, {geom})")  # empty: tipg scans its extent
+        conn.execute(f"CREATE TABLE {schema}.replaced (id int PRIMARY KEY, {geom}, old_col int)")
+
+    async def main() -> dict[str, Any]:
+        app = FastAPI()
+        db_settings = lib.GeoetlTipgDatabaseSettings(
+            schemas=[schema], application_schema="pg_temp", datetime_extent=False, spatial_extent=True,
+            only_spatial_tables=True,
+        )
+        pg = lib.GeoetlTipgPostgresSettings(database_url=lib.asyncpg_url(database), db_min_conn_size=1)
+        await tipg_db.connect_to_db(app, schemas=[schema], tipg_schema="pg_temp", settings=pg)
+        keeper = CatalogKeeper(app, db_settings)
+        try:
+            with psycopg.connect(database) as replace:
+                replace.execute(f"LOCK TABLE {schema}.blocker IN ACCESS EXCLUSIVE MODE")
+                replace.execute(f"DROP TABLE {schema}.replaced")
+                replace.execute(f"CREATE TABLE {schema}.replaced (id int PRIMARY KEY, {geom}, new_col text)")
+                build = asyncio.create_task(keeper.refresh())
+                with psycopg.connect(database, autocommit=True) as watch:
+                    for _ in range(200):  # until the build waits on the replace's lock
+                        waiting = watch.execute(
+                            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+                            " WHERE NOT l.granted AND c.relnamespace = %s::regnamespace",
+                            [schema],
+                        ).fetchone()
+                        if waiting and waiting[0]:
+                            break
+                        await asyncio.sleep(0.05)
+                    else:
+                        raise AssertionError("the catalog build never waited on the replace's lock")
+                replace.commit()
+            await build
+            collections = keeper.collections()
+            return {cid: [p.name for p in c.properties] for cid, c in collections.items()}
+        finally:
+            await tipg_db.close_db_connection(app)
+
+    try:
+        catalog = asyncio.run(main())
+        assert set(catalog) == {f"{schema}.blocker", f"{schema}.replaced"}
+        assert "new_col" in catalog[f"{schema}.replaced"] and "old_col" not in catalog[f"{schema}.replaced"]
+    finally:
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -12,8 +12,9 @@ built from, and rebuilds the catalog when they differ:
 - the catalog is rebuilt anyway after TTL seconds (anything the digest does not see);
 - a query that hits a dropped table or column invalidates the catalog (see features.py).
 
-The generation is read *before* the catalog is built, so a table created in between makes
-the next check see a new generation and rebuild again: nothing is ever missed.
+The generation is read before and after the catalog is built: a build it moved across is done
+again, and the generation kept is the one read before, so a later check rebuilds when the
+attempts run out: nothing is ever missed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ log = logging.getLogger("geoetl.serving")
 
 CHECK_INTERVAL = 1.0
 TTL = 300.0
+BUILD_ATTEMPTS = 3
 
 # Cheap: pg_class and pg_attribute of the served schemas. A table's oid and its columns (name, type,
 # type modifier, in order): it changes when a table appears, disappears or changes its columns, and not
@@ -78,9 +80,19 @@ class CatalogKeeper:
             await self._rebuild()
 
     async def _rebuild(self) -> None:
-        generation = await self.current_generation()
+        """Build until the generation is the same before and after the build (at most BUILD_ATTEMPTS).
+
+        tipg's catalog query calls volatile functions, which take a new snapshot per statement: a
+        replace committed while it runs (it may even wait for the replace's lock, in its extent
+        query) leaves the table out, or with its old columns. A build the generation did not move
+        across saw one state of the database; after the last attempt the catalog is kept with the
+        generation read before it, so the next check builds again."""
         t0 = time.perf_counter()
-        await register_collection_catalog(self.app, db_settings=self.db_settings)
+        for _ in range(BUILD_ATTEMPTS):
+            generation = await self.current_generation()
+            await register_collection_catalog(self.app, db_settings=self.db_settings)
+            if await self.current_generation() == generation:
+                break
         self.generation = generation
         self.refreshed_at = self.checked_at = time.monotonic()
         self.refreshes += 1
