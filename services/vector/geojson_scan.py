@@ -71,13 +71,19 @@ def _bytes_at(a: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
     return rows
 
 
-def _filled(values: np.ndarray, at: np.ndarray, before: int) -> np.ndarray:
-    """For every index: the value set at the last index of `at` up to it (`before` where none)."""
-    marks = np.full(len(values), -1)
-    marks[at] = at
-    last = np.maximum.accumulate(marks) if len(marks) else marks
-    out = np.where(last >= 0, values[np.maximum(last, 0)], before)
-    return out
+class _Members:
+    """Which member of its feature an event lies in: the class of the last key at or before it (the
+    class carried from the last region where the region has none yet). Looked up for the few events
+    that need it, not filled in for all of them."""
+
+    def __init__(self, keys: np.ndarray, classes: np.ndarray, before: int) -> None:
+        self.keys, self.classes, self.before = keys, classes, before
+
+    def of(self, events: np.ndarray) -> np.ndarray:
+        if not len(self.keys):
+            return np.full(len(events), self.before)
+        last = np.searchsorted(self.keys, events, side="right") - 1
+        return np.where(last >= 0, self.classes[np.maximum(last, 0)], self.before)
 
 
 class FeatureScan:
@@ -262,14 +268,12 @@ class FeatureScan:
             raise NotPlannable("a feature has a foreign member")
         self._check_feature_type(a, pos, ch, keys[classes == TYPE])
         self._check_repeats(self.count - 1 + np.searchsorted(starts, keys, side="right"), classes, starts, ends)
-        marks = np.full(len(pos), -1)
-        marks[keys] = classes
-        member = _filled(marks, keys, self._member)
+        member = _Members(keys, classes, self._member)
         if len(keys):
             self._member = int(classes[-1])
         member_ends = np.flatnonzero(inside & ((ch == COMMA) | (ch == CLOSE)) & (depth == fd + 1))
         geometry_starts = keys[classes == GEOMETRY]
-        geometry_ends = member_ends[member[member_ends] == GEOMETRY]
+        geometry_ends = member_ends[member.of(member_ends) == GEOMETRY]
         self._geometry_types(a, pos, ch, depth, member, inside, geometry_starts, geometry_ends, r0, r1)
         self._write(pos, starts, ends, geometry_starts, geometry_ends, r0, r1)
 
@@ -402,7 +406,7 @@ class FeatureScan:
         self._open_keys = codes[codes // 8 == current] if self._feature_open else np.zeros(0, np.int64)
 
     def _geometry_types(self, a: np.ndarray, pos: np.ndarray, ch: np.ndarray, depth: np.ndarray,
-                        member: np.ndarray, inside: np.ndarray, g_starts: np.ndarray, g_ends: np.ndarray,
+                        member: _Members, inside: np.ndarray, g_starts: np.ndarray, g_ends: np.ndarray,
                         r0: int, r1: int) -> None:
         """The type of every geometry member with a digit in its value (empty geometries have none)."""
         carried = self._geometry_open is not None
@@ -416,7 +420,8 @@ class FeatureScan:
         if self._geometry_open is not None:
             types[0] = self._geometry_open[0]
             digits[0] |= self._geometry_open[1]
-        type_keys = np.flatnonzero(inside & (ch == COLON) & (depth == self.fd + 2) & (member == GEOMETRY))
+        type_keys = np.flatnonzero(inside & (ch == COLON) & (depth == self.fd + 2))
+        type_keys = type_keys[member.of(type_keys) == GEOMETRY]
         if len(type_keys):
             type_keys = type_keys[self._key_classes(a, pos, ch, type_keys, -1) == TYPE]
         if len(type_keys):
@@ -444,29 +449,34 @@ class FeatureScan:
     def _write(self, pos: np.ndarray, starts: np.ndarray, ends: np.ndarray, g_starts: np.ndarray,
                g_ends: np.ndarray, r0: int, r1: int) -> None:
         """Each feature as a record (RS, its text, LF), its geometry member's value written as null
-        unless `whole`."""
-        ons = [(int(p), RS) for p in pos[starts]]
-        offs = [(int(p) + 1, b"\n") for p in pos[ends]]
+        unless `whole`: the kept spans of the region are gathered into one array, with the bytes
+        before and after each span set in place (no Python work per feature)."""
         if not self.whole:
-            ons += [(int(p), b"") for p in pos[g_ends]]
-            offs += [(int(p) + 1, b" null") for p in pos[g_starts]]
             self._geometry_starts.append(pos[g_starts] + 1)
             self._geometry_ends.append(pos[g_ends])
-        ons.sort()
-        offs.sort()
+        else:
+            g_starts, g_ends = g_starts[:0], g_ends[:0]
+        # a span opens at a feature's brace (after an RS) or after its geometry's value; it closes after
+        # the feature's brace (before an LF) or just after the geometry's colon (before " null")
+        on_pos = np.concatenate([pos[starts], pos[g_ends]]).astype(np.int64)
+        on_rs = np.concatenate([np.ones(len(starts), bool), np.zeros(len(g_ends), bool)])
+        off_pos = np.concatenate([pos[ends] + 1, pos[g_starts] + 1]).astype(np.int64)
+        off_kind = np.concatenate([np.full(len(ends), _LF), np.full(len(g_starts), _NULL)])
+        order = np.argsort(on_pos, kind="stable")
+        on_pos, on_rs = on_pos[order], on_rs[order]
+        order = np.argsort(off_pos, kind="stable")
+        off_pos, off_kind = off_pos[order], off_kind[order]
         if self._writing:
-            ons.insert(0, (r0, b""))
-        self._writing = len(ons) > len(offs)
+            on_pos, on_rs = np.concatenate([[r0], on_pos]), np.concatenate([[False], on_rs])
+        self._writing = len(on_pos) > len(off_pos)
         if self._writing:
-            offs.append((r1, b""))
-        if len(ons) != len(offs):
+            off_pos, off_kind = np.concatenate([off_pos, [r1]]), np.concatenate([off_kind, [_NOTHING]])
+        if len(on_pos) != len(off_pos) or np.any(off_pos < on_pos):
             raise NotPlannable("features that do not nest as a GeoJSON file's")
-        buf, base, out = self.buf, self.base, []
-        for (on, before), (off, after) in zip(ons, offs, strict=True):
-            if off < on:
-                raise NotPlannable("features that do not nest as a GeoJSON file's")
-            out += (before, buf[on - base : off - base], after)
-        self.out.write(b"".join(out))
+        if not len(on_pos):
+            return
+        self.out.write(_joined(np.frombuffer(self.buf, np.uint8), on_pos - self.base, off_pos - self.base,
+                               on_rs, off_kind).tobytes())
 
     def _gaps(self, a: np.ndarray, opens: np.ndarray, closes: np.ndarray, r0: int, r1: int) -> None:
         """Counts the text between values (the region's share of each gap), for the final check."""
@@ -474,6 +484,31 @@ class FeatureScan:
         self._gap_open = int(spans[-1, 0]) if still_open else None
         text = _SEQUENCE_TEXT if self.sequence else _TEXT
         self._gap_text += _count_in(a, text, np.clip(spans, r0, r1), self.base)
+
+
+_LF, _NULL, _NOTHING = 0, 1, 2  # what follows a written span: b"\\n", b" null", nothing
+_AFTER = (b"\n", b" null", b"")
+
+
+def _joined(a: np.ndarray, on: np.ndarray, off: np.ndarray, rs_before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """The bytes a[on:off] of every span, each after an RS where `rs_before` and followed by _AFTER[after]."""
+    lengths = off - on
+    before_len = rs_before.astype(np.int64)
+    after_len = np.array([len(b) for b in _AFTER], np.int64)[after]
+    sizes = before_len + lengths + after_len
+    ends = np.cumsum(sizes)
+    begins = ends - sizes
+    out = np.empty(int(ends[-1]), np.uint8)
+    out[begins[rs_before]] = RS[0]
+    body = begins + before_len  # where each span's own bytes go
+    skip = np.cumsum(lengths) - lengths
+    offsets = np.arange(int(lengths.sum())) - np.repeat(skip, lengths)
+    out[np.repeat(body, lengths) + offsets] = a[np.repeat(on, lengths) + offsets]
+    for kind, text in enumerate(_AFTER):
+        tails = ends[after == kind] - len(text)
+        for i, byte in enumerate(text):
+            out[tails + i] = byte
+    return out
 
 
 def _spans(opens: np.ndarray, closes: np.ndarray, open_at: int | None, region_end: int) -> tuple[np.ndarray, bool]:
