@@ -25,6 +25,7 @@ raises NotPlannable; text that is not JSON raises ValueError.
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any, BinaryIO
 
@@ -35,6 +36,7 @@ LOOKAHEAD = 64  # bytes after a cut scanned again with the next block (a geometr
 MAX_DEPTH = 64  # deeper files take the convert-once path (which names the problem)
 MAX_TOP_VALUE = 1024**2  # a FeatureCollection member other than features, decoded
 RS = b"\x1e"
+JOIN_BYTES = 256 * 1024  # the copy is gathered in runs of spans of about this many bytes (8x in indexes)
 
 _DELTA = np.zeros(256, np.int64)
 _DELTA[list(b"{[")] = 1
@@ -475,8 +477,13 @@ class FeatureScan:
             raise NotPlannable("features that do not nest as a GeoJSON file's")
         if not len(on_pos):
             return
-        self.out.write(_joined(np.frombuffer(self.buf, np.uint8), on_pos - self.base, off_pos - self.base,
-                               on_rs, off_kind).tobytes())
+        a, on, off = np.frombuffer(self.buf, np.uint8), on_pos - self.base, off_pos - self.base
+        lengths = off - on
+        # runs of spans of about JOIN_BYTES each: the index arrays stay small when a region is mostly copied
+        cuts = np.searchsorted(np.cumsum(lengths), np.arange(JOIN_BYTES, int(lengths.sum()), JOIN_BYTES))
+        bounds = np.unique(np.concatenate([[0], cuts, [len(on)]])).tolist()
+        for i, j in itertools.pairwise(bounds):
+            self.out.write(_joined(a, on[i:j], off[i:j], on_rs[i:j], off_kind[i:j]).tobytes())
 
     def _gaps(self, a: np.ndarray, opens: np.ndarray, closes: np.ndarray, r0: int, r1: int) -> None:
         """Counts the text between values (the region's share of each gap), for the final check."""
