@@ -69,15 +69,23 @@ def test_geojson_submitted_as_another_format_fails_naming_both(db, drain, nonce,
     assert not vf.table_exists(db, "geo", f"m{ext}_{nonce}")
 
 
-def test_deep_nesting_fails_at_once_naming_the_file(db, drain, nonce):
-    deep = "[" * 10_000 + "]" * 10_000
-    text = ('{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"a": ' + deep
-            + '}, "geometry": {"type": "Point", "coordinates": [1, 2]}}]}')
-    blob = vf.upload(f"{nonce}/deep.geojson", text.encode())
-    job = vf.run_ingest(drain, db, {"blob_name": blob, "file_extension": "geojson", "table_name": f"deep_{nonce}"})
+DEEP_ARRAY = "[" * 10_000 + "]" * 10_000
+DEEP_COLLECTION = (
+    '{"type": "GeometryCollection", "geometries": [' * 5_000 + '{"type": "Point", "coordinates": [1, 2]}' + "]}" * 5_000
+)
+
+
+@pytest.mark.parametrize(("name", "text", "needle"), [
+    ("deep", '{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"a": ' + DEEP_ARRAY
+     + '}, "geometry": {"type": "Point", "coordinates": [1, 2]}}]}', "nested"),
+    ("deepgc", DEEP_COLLECTION, "nested more than 64 levels deep"),  # a bare geometry
+], ids=["property", "bare-geometry-collection"])
+def test_deep_nesting_fails_at_once_naming_the_file(db, drain, nonce, name, text, needle):
+    blob = vf.upload(f"{nonce}/{name}.geojson", text.encode())
+    job = vf.run_ingest(drain, db, {"blob_name": blob, "file_extension": "geojson", "table_name": f"{name}_{nonce}"})
     assert job["status"] == "failed"
     err = job["error_details"]["error"]
-    assert "deep.geojson" in err and "nested" in err and "RecursionError" not in err
+    assert f"{name}.geojson" in err and needle in err and "RecursionError" not in err
     assert attempts(db, job) == 1
 
 
@@ -94,14 +102,3 @@ def test_non_ascii_column_names_keep_their_letters_and_their_source_name(db, dra
     assert columns["école"]["description"] == "source column: ÉCOLE"
     assert columns["straße"]["description"] == "source column: Straße"
     assert "description" not in columns["plain"] and "description" not in columns["名前"]
-
-
-def test_a_bare_geometry_collection_nested_too_deep_fails_at_once_naming_the_file(db, drain, nonce):
-    n = 5_000
-    text = '{"type": "GeometryCollection", "geometries": [' * n + '{"type": "Point", "coordinates": [1, 2]}' + "]}" * n
-    blob = vf.upload(f"{nonce}/deepgc.geojson", text.encode())
-    job = vf.run_ingest(drain, db, {"blob_name": blob, "file_extension": "geojson", "table_name": f"dgc_{nonce}"})
-    assert job["status"] == "failed"
-    err = job["error_details"]["error"]
-    assert "deepgc.geojson" in err and "nested more than 64 levels deep" in err and "RecursionError" not in err
-    assert attempts(db, job) == 1

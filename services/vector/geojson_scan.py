@@ -453,11 +453,9 @@ class FeatureScan:
         """Each feature as a record (RS, its text, LF), its geometry member's value written as null
         unless `whole`: the kept spans of the region are gathered into one array, with the bytes
         before and after each span set in place (no Python work per feature)."""
-        if not self.whole:
+        if not self.whole:  # (a whole copy is given no geometry spans)
             self._geometry_starts.append(pos[g_starts] + 1)
             self._geometry_ends.append(pos[g_ends])
-        else:
-            g_starts, g_ends = g_starts[:0], g_ends[:0]
         # a span opens at a feature's brace (after an RS) or after its geometry's value; it closes after
         # the feature's brace (before an LF) or just after the geometry's colon (before " null")
         on_pos = np.concatenate([pos[starts], pos[g_ends]]).astype(np.int64)
@@ -495,13 +493,14 @@ class FeatureScan:
 
 _LF, _NULL, _NOTHING = 0, 1, 2  # what follows a written span: b"\\n", b" null", nothing
 _AFTER = (b"\n", b" null", b"")
+_AFTER_LENGTHS = np.array([len(text) for text in _AFTER], np.int64)
 
 
 def _joined(a: np.ndarray, on: np.ndarray, off: np.ndarray, rs_before: np.ndarray, after: np.ndarray) -> np.ndarray:
     """The bytes a[on:off] of every span, each after an RS where `rs_before` and followed by _AFTER[after]."""
     lengths = off - on
     before_len = rs_before.astype(np.int64)
-    after_len = np.array([len(b) for b in _AFTER], np.int64)[after]
+    after_len = _AFTER_LENGTHS[after]
     sizes = before_len + lengths + after_len
     ends = np.cumsum(sizes)
     begins = ends - sizes

@@ -28,6 +28,7 @@ from services.vector.repair import (
     REPAIR,
     Progress,
     RepairPolicy,
+    invalid_refused,
     make_valid_all,
     refuse_invalid,
     run_child,
@@ -230,6 +231,14 @@ def _collect(parts: np.ndarray, idx: np.ndarray, part_family: np.ndarray, n: int
     return out
 
 
+def mixed_collection(label: str, feature: int, kinds: str) -> PermanentTaskError:
+    """A GeometryCollection whose parts are of several families (found here or by the repair child)."""
+    return PermanentTaskError(
+        f"{label}: feature {feature} is a GeometryCollection mixing {kinds} parts; a table column holds one"
+        " kind of geometry per feature. Split the collection in the source file"
+    )
+
+
 def unpack_collections(geoms: np.ndarray, offset: int, label: str, stats: GeometryStats) -> np.ndarray:
     """GeometryCollections of one family become that Multi*; mixing families is refused, naming the feature."""
     is_gc = shapely.get_type_id(geoms) == 7
@@ -248,12 +257,7 @@ def unpack_collections(geoms: np.ndarray, offset: int, label: str, stats: Geomet
     mixed = np.flatnonzero((hi >= 0) & (lo != hi))
     if len(mixed):
         j = int(mixed[0])
-        kinds = sorted(set(fam[idx == j]))
-        raise PermanentTaskError(
-            f"{label}: feature {offset + int(where[j])} is a GeometryCollection mixing "
-            f"{' and '.join(kinds)} parts; a table column holds one kind of geometry per feature. "
-            "Split the collection in the source file"
-        )
+        raise mixed_collection(label, offset + int(where[j]), " and ".join(sorted(set(fam[idx == j]))))
     out = geoms.copy()
     rebuilt = _collect(parts, idx, fam, len(where))
     rebuilt[shapely.is_missing(rebuilt)] = shapely.from_wkt("GEOMETRYCOLLECTION EMPTY")
@@ -501,27 +505,21 @@ def prepare_huge(
     (decoding it, its copies along the steps and GEOS's validity check would take hundreds of MB)."""
     what = f"{len(data) / 1e6:.0f} MB of WKB"
     answer = run_child(data, _child_request(options, reprojector), feature, what, label, options.repair)
-    info = answer.info
-    if answer.status == "mixed":
-        raise PermanentTaskError(
-            f"{label}: feature {feature} is a GeometryCollection mixing {answer.message} parts; a table column "
-            "holds one kind of geometry per feature. Split the collection in the source file"
-        )
-    if answer.status == "invalid":
-        raise PermanentTaskError(
-            f"{label}: feature {feature} has an invalid geometry ({answer.message}) and geometry_params.invalid "
-            'is "fail"; repair it in the source, or use "repair" (default) or "keep"'
-        )
-    if answer.status == "unprojectable":
-        raise PermanentTaskError(
-            f"{label}: feature {feature} cannot be reprojected to EPSG:4326 ({answer.message}); check the file's "
-            "CRS or set converter_params.crs"
-        )
-    if answer.status == "undecodable":
-        raise PermanentTaskError(
-            f"{label}: feature {feature} ({what}) has a geometry that cannot be decoded ({answer.message}); "
-            "curved geometries this large are not made linear: convert them to straight segments first"
-        )
+    info, message = answer.info, answer.message
+    refusals = {
+        "mixed": lambda: mixed_collection(label, feature, message),
+        "invalid": lambda: invalid_refused(label, feature, message),
+        "unprojectable": lambda: PermanentTaskError(
+            f"{label}: feature {feature} cannot be reprojected to EPSG:4326 ({message}); check the file's CRS"
+            " or set converter_params.crs"
+        ),
+        "undecodable": lambda: PermanentTaskError(
+            f"{label}: feature {feature} ({what}) has a geometry that cannot be decoded ({message}); curved"
+            " geometries this large are not made linear: convert them to straight segments first"
+        ),
+    }
+    if answer.status in refusals:
+        raise refusals[answer.status]()
     if "source_bounds" in info and reprojector is not None:
         reprojector.check(np.array([info["source_bounds"]]), np.ones(1, bool), feature)
     stats.z_dropped += int(info.get("z_dropped", 0))

@@ -63,7 +63,11 @@ Progress = Callable[[int], None]
 
 
 def refuse_invalid(geom: shapely.Geometry, feature: int, label: str) -> PermanentTaskError:
-    reason = shapely.is_valid_reason(geom)
+    return invalid_refused(label, feature, shapely.is_valid_reason(geom))
+
+
+def invalid_refused(label: str, feature: int, reason: str) -> PermanentTaskError:
+    """geometry_params.invalid "fail" met an invalid feature (checked here or by the repair child)."""
     return PermanentTaskError(
         f"{label}: feature {feature} has an invalid geometry ({reason}) and geometry_params.invalid is "
         '"fail"; repair it in the source, or use "repair" (default) or "keep"'
