@@ -127,12 +127,14 @@ def test_catalog_generation_moves_with_tables_and_columns_not_with_statistics(da
 
 def test_a_catalog_built_while_a_replace_commits_shows_the_new_table(database: str) -> None:
     """The build waits on a replace's lock (in tipg's extent query), the replace commits under it: the
-    keeper builds again, so the catalog it keeps has the new columns, not the old ones or no table."""
+    keeper builds again, so the catalog it keeps has the new columns, not the old ones or no table,
+    and the torn build is never published (requests read app.state while the keeper builds)."""
     import asyncio
     import uuid
 
     import psycopg
     from fastapi import FastAPI
+    from starlette.datastructures import State
     from tipg import database as tipg_db
 
     from triggers.serving.catalog import CatalogKeeper
@@ -144,8 +146,17 @@ def test_a_catalog_built_while_a_replace_commits_shows_the_new_table(database: s
         conn.execute(f"CREATE TABLE {schema}.blocker (id int PRIMARY KEY, {geom})")  # empty: tipg scans its extent
         conn.execute(f"CREATE TABLE {schema}.replaced (id int PRIMARY KEY, {geom}, old_col int)")
 
-    async def main() -> dict[str, Any]:
+    published: list[dict[str, list[str]]] = []
+
+    class Recording(State):
+        def __setattr__(self, key: Any, value: Any) -> None:
+            if key == "collection_catalog":
+                published.append({cid: [p.name for p in c.properties] for cid, c in value["collections"].items()})
+            super().__setattr__(key, value)
+
+    async def main() -> None:
         app = FastAPI()
+        app.state = Recording()
         db_settings = lib.GeoetlTipgDatabaseSettings(
             schemas=[schema], application_schema="pg_temp", datetime_extent=False, spatial_extent=True,
             only_spatial_tables=True,
@@ -173,13 +184,13 @@ def test_a_catalog_built_while_a_replace_commits_shows_the_new_table(database: s
                         raise AssertionError("the catalog build never waited on the replace's lock")
                 replace.commit()
             await build
-            collections = keeper.collections()
-            return {cid: [p.name for p in c.properties] for cid, c in collections.items()}
         finally:
             await tipg_db.close_db_connection(app)
 
     try:
-        catalog = asyncio.run(main())
+        asyncio.run(main())
+        assert len(published) == 1
+        catalog = published[0]
         assert set(catalog) == {f"{schema}.blocker", f"{schema}.replaced"}
         assert "new_col" in catalog[f"{schema}.replaced"] and "old_col" not in catalog[f"{schema}.replaced"]
     finally:

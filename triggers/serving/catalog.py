@@ -13,19 +13,21 @@ built from, and rebuilds the catalog when they differ:
 - a query that hits a dropped table or column invalidates the catalog (see features.py).
 
 The generation is read before and after the catalog is built: a build it moved across is done
-again, and the generation kept is the one read before, so a later check rebuilds when the
-attempts run out: nothing is ever missed.
+again, and only the last build is published (a torn one, published even for a moment, answers
+404 for a table that exists). The generation kept is the one read before, so a later check
+rebuilds when the attempts run out: nothing is ever missed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
 from typing import Any
 
 from fastapi import FastAPI
-from tipg.collections import register_collection_catalog
+from tipg.collections import Catalog, pg_get_collection_index
 from tipg.settings import DatabaseSettings
 
 log = logging.getLogger("geoetl.serving")
@@ -85,14 +87,19 @@ class CatalogKeeper:
         tipg's catalog query calls volatile functions, which take a new snapshot per statement: a
         replace committed while it runs (it may even wait for the replace's lock, in its extent
         query) leaves the table out, or with its old columns. A build the generation did not move
-        across saw one state of the database; after the last attempt the catalog is kept with the
-        generation read before it, so the next check builds again."""
+        across saw one state of the database. Builds are kept private until the last one: requests
+        already past their check read app.state meanwhile. After the last attempt the catalog is
+        kept with the generation read before it, so the next check builds again."""
         t0 = time.perf_counter()
-        for _ in range(BUILD_ATTEMPTS):
-            generation = await self.current_generation()
-            await register_collection_catalog(self.app, db_settings=self.db_settings)
-            if await self.current_generation() == generation:
-                break
+        async with self.app.state.pool.acquire() as conn:
+            for _ in range(BUILD_ATTEMPTS):
+                generation = str(await conn.fetchval(GENERATION_SQL, self.schemas))
+                collections = await pg_get_collection_index(conn, settings=self.db_settings)
+                if str(await conn.fetchval(GENERATION_SQL, self.schemas)) == generation:
+                    break
+        self.app.state.collection_catalog = Catalog(
+            collections={c.id: c for c in collections}, last_updated=datetime.datetime.now()
+        )
         self.generation = generation
         self.refreshed_at = self.checked_at = time.monotonic()
         self.refreshes += 1
