@@ -232,6 +232,70 @@ def test_stac_cases_answer_4xx_json_in_both_conventions(served: dict[str, Any]) 
     assert served["proc"].poll() is None
 
 
+# Geometry literals PostGIS refused with an internal error (500) until GEOS read them first.
+BAD_GEOMETRIES = {
+    "unclosed ring": ({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [0, 1], [5, 5]]]},
+                      "POLYGON((0 0, 1 1, 0 1, 5 5))", "closed"),
+    "one-number position": ({"type": "Point", "coordinates": [0]}, None, "coordinates"),
+    "unknown type": ({"type": "Bogus", "coordinates": [0, 0]}, None, "type"),
+    "position as a list": ({"type": "Point", "coordinates": [[0, 0]]}, None, ""),
+    "one-point line": ({"type": "LineString", "coordinates": [[0, 0]]}, "LINESTRING(0 0)", ""),
+    "unclosed ring in a collection": (
+        {"type": "GeometryCollection", "geometries": [{"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [0, 1]]]}]},
+        None, "closed"),
+}
+
+
+def geometry_filter_requests(api: str, table: str, geometry: dict[str, Any], wkt: str | None
+                             ) -> Iterator[tuple[str, requests.Request]]:
+    items = f"{api}/features/collections/{table}/items"
+    search = f"{api}/stac/search"
+    for name, url, prop in (("features items", items, "geom"), ("stac search", search, "geometry")):
+        for op in ("s_intersects", "s_within"):
+            jfilter = {"op": op, "args": [{"property": prop}, geometry]}
+            yield f"GET {name} cql2-json {op}", requests.Request(
+                "GET", url, params={"filter": json.dumps(jfilter), "filter-lang": "cql2-json"})
+            text = f"{op}({prop}, {wkt})"
+            if wkt:
+                yield f"GET {name} cql2-text {op}", requests.Request("GET", url, params={"filter": text})
+            if name == "stac search":
+                nested = {"op": "or", "args": [{"op": "=", "args": [{"property": "id"}, "x"]}, jfilter]}
+                yield f"POST stac search cql2-json {op}", requests.Request("POST", url, json={"filter": jfilter})
+                yield f"POST stac search nested {op}", requests.Request("POST", url, json={"filter": nested})
+
+
+@pytest.mark.parametrize("case", list(BAD_GEOMETRIES))
+def test_filter_geometries_postgis_cannot_read_answer_400_with_the_reason(served: dict[str, Any], case: str) -> None:
+    geometry, wkt, word = BAD_GEOMETRIES[case]
+    with requests.Session() as session:
+        for label, request in geometry_filter_requests(served["api"], served["table"], geometry, wkt):
+            r = session.send(request.prepare(), timeout=30)
+            body = assert_error(r, 400, "not valid GeoJSON", word)
+            if "/stac/" in request.url:
+                assert body["code"] == "BadRequest" and body["description"] == body["message"], label
+    assert served["proc"].poll() is None
+
+
+def test_valid_filter_geometries_still_select(served: dict[str, Any]) -> None:
+    """The geometry check refuses nothing GEOS reads: the same requests with a closed ring select."""
+    square = {"type": "Polygon", "coordinates": [[[-180, -90], [180, -90], [180, 90], [-180, 90], [-180, -90]]]}
+    wkt = "POLYGON((-180 -90, 180 -90, 180 90, -180 90, -180 -90))"
+    with requests.Session() as session:
+        for label, request in geometry_filter_requests(served["api"], served["table"], square, wkt):
+            r = session.send(request.prepare(), timeout=30)
+            assert r.status_code == 200, (label, r.text[:300])
+            if "s_intersects" in label and "features" in label:
+                assert r.json()["numberMatched"] == 24, label
+
+
+def test_item_ids_past_the_id_column_type_are_not_found(served: dict[str, Any]) -> None:
+    items = f"{served['api']}/features/collections/{served['table']}/items"
+    for fid in ("99999999999999999999999", "-9223372036854775809", "9223372036854775808", "9223372036854775807"):
+        assert_error(requests.get(f"{items}/{fid}", timeout=30), 404)
+    assert requests.get(f"{items}/1", timeout=30).status_code == 200
+    assert served["proc"].poll() is None
+
+
 # ---------------------------------------------------------------- bodies: size, depth, typed params
 
 

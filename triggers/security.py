@@ -82,8 +82,16 @@ def check_body(raw: bytes, path: str) -> None:
         guards.check_search_body(body)
 
 
-def _refusal(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse(error_body(kind, message), status_code=status)
+STAC_ERROR_CODES = {400: "BadRequest", 413: "RequestEntityTooLarge"}
+
+
+def _refusal(status: int, kind: str, message: str, path: str = "") -> JSONResponse:
+    """The project's error body; under the STAC API also its `code` and `description` (STAC API's
+    error shape, as its own handlers answer)."""
+    body = error_body(kind, message)
+    if path.startswith("/api/stac"):
+        body |= {"code": STAC_ERROR_CODES.get(status, "BadRequest"), "description": message}
+    return JSONResponse(body, status_code=status)
 
 
 class Hardening:
@@ -104,12 +112,13 @@ class Hardening:
                 check_body(raw, scope.get("path", ""))
                 receive = _replay(raw, receive)
         except guards.QueryRefused as exc:
-            await _refusal(400, "validation_error", str(exc))(scope, receive, _with_headers(send))
-            return
+            refusal = _refusal(400, "validation_error", str(exc), scope.get("path", ""))
         except BodyRefused as exc:
-            await _refusal(exc.status, exc.kind, exc.message)(scope, receive, _with_headers(send))
+            refusal = _refusal(exc.status, exc.kind, exc.message, scope.get("path", ""))
+        else:
+            await self.app(scope, receive, _with_headers(send))
             return
-        await self.app(scope, receive, _with_headers(send))
+        await refusal(scope, receive, _with_headers(send))
 
 
 def _query_items(scope: Scope) -> list[tuple[str, str]]:

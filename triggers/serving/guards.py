@@ -11,13 +11,22 @@ long. Catching that is impossible once it runs, so every filter is measured firs
 
 The same scan bounds every other query value (a GET `intersects` is JSON), and values that
 PostgreSQL or the libraries cannot take (a NUL character, a NaN bbox) are refused here too.
+
+A filter's geometry literals reach PostGIS as they are (pgstac and tipg both pass them on), and
+PostGIS answers an unclosed ring or a one-number position with an internal error. So every
+geometry literal of a filter, text or JSON, is read by GEOS first and refused with GEOS's reason.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
+
+import shapely
+from cql2 import Expr
+from shapely.errors import GEOSException
 
 MAX_FILTER_LENGTH = 4096
 MAX_FILTER_NESTING = 64
@@ -84,6 +93,46 @@ def check_filter(value: str, name: str = "filter") -> None:
         raise QueryRefused(f"'{name}' nests more than {MAX_FILTER_NESTING} levels deep (the limit of filter nesting)")
 
 
+def filter_tree(value: Any, lang: str | None) -> Any:
+    """A filter as CQL2 JSON (text is parsed by the same library the APIs use, after check_filter
+    measured it); None when it does not parse: the API then says why."""
+    if not isinstance(value, str):
+        return value
+    try:
+        if (lang or "").lower() == "cql2-json":
+            return json.loads(value)
+        return Expr(value).to_json()
+    except Exception:  # noqa: BLE001 - ParseError, ValueError, the binding's plain Exception
+        return None
+
+
+def geometry_literals(tree: Any) -> list[dict[str, Any]]:
+    """The GeoJSON geometries of a CQL2 JSON tree (a dict with a "type" that is not an operation)."""
+    found, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+        elif isinstance(node, dict):
+            if "type" in node and "op" not in node:
+                found.append(node)
+            else:
+                todo.extend(node.values())
+    return found
+
+
+def check_filter_geometries(tree: Any, name: str = "filter") -> None:
+    """Refuse a filter whose geometry literal GEOS cannot read (PostGIS would fail with error 500)."""
+    for geometry in geometry_literals(tree):
+        try:
+            shapely.from_geojson(json.dumps(geometry, allow_nan=False))
+        except (GEOSException, ValueError, TypeError) as exc:
+            reason = str(exc).split(": ", 1)[-1][:200]
+            raise QueryRefused(
+                f"'{name}' holds a geometry that is not valid GeoJSON ({reason}): {preview(json.dumps(geometry))}"
+            ) from None
+
+
 def check_bbox(value: str, name: str = "bbox") -> None:
     """A bbox of NaN or infinite numbers selects nothing sensible: refused (non-numbers are left to the API)."""
     for part in value.split(","):
@@ -109,11 +158,13 @@ def check_non_negative(key: str, value: str) -> None:
 
 def check_query(items: list[tuple[str, str]]) -> None:
     """Every query parameter of a request, before routing: raises QueryRefused."""
+    lang = dict(items).get("filter-lang")
     for key, value in items:
         if "\x00" in key or "\x00" in value:
             raise QueryRefused(f"query parameter {preview(key)} holds a NUL character, which no field can hold")
         if key == "filter":
             check_filter(value)
+            check_filter_geometries(filter_tree(value, lang))
         elif bracket_depth(value) > MAX_QUERY_NESTING:
             raise QueryRefused(f"query parameter {preview(key)} nests more than {MAX_QUERY_NESTING} levels deep")
         if key == "bbox":
@@ -144,6 +195,7 @@ def check_search_body(body: Any) -> None:
     flt = body.get("filter")
     if isinstance(flt, str):
         check_filter(flt)
+    check_filter_geometries(filter_tree(flt, body.get("filter-lang") or body.get("filter_lang")))
     bbox = body.get("bbox")
     if isinstance(bbox, list):
         for v in bbox:

@@ -33,7 +33,7 @@ import asyncpg
 from tipg import collections as tipg_collections
 from tipg import factory as tipg_factory
 from tipg.collections import Feature, ItemList, PgCollection, features_settings, mvt_settings
-from tipg.errors import InvalidGeometryColumnName, InvalidLimit
+from tipg.errors import InvalidGeometryColumnName, InvalidLimit, NotFound
 from tipg.resources.response import orjsonDumps
 
 from services.vector.overviews import (
@@ -176,8 +176,27 @@ async def _counted_page(
     return features, matched
 
 
+# What an integer id column can hold: an id past it cannot exist (tipg hands it to the cql2 library,
+# which fails on integers past 64 bits, and PostgreSQL on those past the column's type).
+INTEGER_ID_RANGE = {"smallint": 2**15, "integer": 2**31, "bigint": 2**63}
+
+
+def _check_ids(self: PgCollection, ids: list[str] | None) -> None:
+    bound = INTEGER_ID_RANGE.get(self.id_column.type) if ids and self.id_column else None
+    if bound is None:
+        return
+    for value in ids or []:
+        try:
+            number = int(value)
+        except ValueError:
+            continue  # tipg answers 404 itself
+        if not -bound <= number < bound:
+            raise NotFound(f"no item {value[:40]!r}: ids of this collection are {self.id_column.type} integers")
+
+
 def _where(self: PgCollection, kwargs: dict[str, Any], **extra: Any) -> Any:
     """tipg's WHERE clause from the request's filters, as both the items and the tile queries build it."""
+    _check_ids(self, kwargs.get("ids_filter"))
     return self.cql_where(
         ids=kwargs.get("ids_filter"),
         datetime=kwargs.get("datetime_filter"),
