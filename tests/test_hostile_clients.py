@@ -296,6 +296,85 @@ def test_item_ids_past_the_id_column_type_are_not_found(served: dict[str, Any]) 
     assert served["proc"].poll() is None
 
 
+def create_world(conn: Any, table: str, kind: str) -> None:
+    """Data over the whole globe, poles included: 10-degree squares, or a point every degree (65k)."""
+    t = f'"geo"."{table}"'
+    key = "id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    if kind == "polygons":
+        conn.execute(f"CREATE TABLE {t} ({key}, geom geometry(Polygon, 4326))")
+        conn.execute(f"INSERT INTO {t} (geom) SELECT ST_MakeEnvelope(x, y, x + 10, y + 10, 4326)"
+                     " FROM generate_series(-180, 170, 10) x, generate_series(-90, 80, 10) y")
+    else:
+        conn.execute(f"CREATE TABLE {t} ({key}, geom geometry(Point, 4326))")
+        conn.execute(f"INSERT INTO {t} (geom) SELECT ST_SetSRID(ST_MakePoint(x, y), 4326)"
+                     " FROM generate_series(-180, 180) x, generate_series(-90, 90) y")
+    conn.execute(f"CREATE INDEX ON {t} USING gist (geom)")
+    conn.execute(f"ANALYZE {t}")
+
+
+@pytest.mark.parametrize("kind", ["polygons", "points"])
+def test_tiles_of_every_tile_matrix_set_answer_without_error_for_data_over_the_globe(
+    served: dict[str, Any], database: str, kind: str
+) -> None:
+    """Regional tile matrix sets (CanadianNAD83_LCC, UPS, UTM, LAEA, ...) reach data PROJ cannot project
+    into them: tipg reprojected it as it was, and PostGIS failed (500). The corner and centre tiles of
+    each set's first zoom and of two zooms deeper answer 200 (or 404 outside the matrix) with a
+    decodable tile."""
+    import mapbox_vector_tile
+    import morecantile
+    import psycopg
+
+    table = f"world_{kind}_{uuid.uuid4().hex[:6]}"
+    with connect(database) as conn:
+        create_world(conn, table, kind)
+        with pytest.raises(psycopg.errors.InternalError, match="outside of projection domain"):  # what tipg ran
+            with conn.transaction():
+                conn.execute(f'SELECT ST_Transform(geom, 3978) FROM "geo"."{table}"').fetchall()
+    failures: list[str] = []
+    served_any = 0
+    try:
+        with requests.Session() as session:
+            for tms_id in morecantile.tms.list():
+                tms = morecantile.tms.get(tms_id)
+                if kind == "points" and tms.bbox[2] - tms.bbox[0] >= 359 and tms.bbox[3] - tms.bbox[1] >= 170:
+                    continue  # points are clipped on their own path for regional sets only
+                tiles = []
+                for z in (max(tms.minzoom, 0), max(tms.minzoom, 0) + 2):  # CDB1GlobalGrid starts at -10
+                    width, height = tms.matrix(z).matrixWidth, tms.matrix(z).matrixHeight
+                    tiles += [(z, x, y) for x in {0, width // 2, width - 1} for y in {0, height // 2, height - 1}]
+                for z, x, y in tiles:
+                    url = f"{served['api']}/features/collections/geo.{table}/tiles/{tms_id}/{z}/{x}/{y}"
+                    r = session.get(url, timeout=60)
+                    if r.status_code == 200:
+                        mapbox_vector_tile.decode(r.content)
+                        served_any += bool(r.content)
+                    elif r.status_code != 404:
+                        failures.append(f"{tms_id}/{z}/{x}/{y}: {r.status_code} {r.text[:120]}")
+    finally:
+        with connect(database) as conn:
+            conn.execute(f'DROP TABLE "geo"."{table}"')
+    assert failures == []
+    assert served_any > 40  # tiles with features
+    assert served["proc"].poll() is None
+
+
+def test_a_forwarded_scheme_other_than_http_or_https_is_refused(served: dict[str, Any]) -> None:
+    """The apps build links from X-Forwarded-Proto / Forwarded (any client can send them) and failed
+    with 500 on a scheme that is not http(s); a proxy's https is still honoured."""
+    api, table = served["api"], served["table"]
+    paths = ["/features/collections", f"/features/collections/{table}/items", "/stac/", "/stac/search"]
+    bad = [{"X-Forwarded-Proto": "javascript"}, {"X-Forwarded-Proto": "https,http"}, {"X-Forwarded-Proto": "HTTPS"},
+           {"Forwarded": "for=1.2.3.4;proto=ftp"}, {"Forwarded": "proto=https, proto=gopher"}]
+    for path in paths:
+        for headers in bad:
+            assert_error(requests.get(api + path, headers=headers, timeout=30), 400, "http or https")
+        ok = requests.get(api + path, headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "maps.example"},
+                          timeout=30)
+        assert ok.status_code == 200, (path, ok.text[:300])
+        assert all(link["href"].startswith("https://maps.example") for link in ok.json()["links"]), path
+    assert served["proc"].poll() is None
+
+
 # ---------------------------------------------------------------- bodies: size, depth, typed params
 
 

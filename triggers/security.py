@@ -105,6 +105,7 @@ class Hardening:
             await self.app(scope, receive, send)
             return
         try:
+            guards.check_forwarded(scope.get("headers") or [])
             guards.check_path(scope.get("path", ""))
             guards.check_query(_query_items(scope))
             if scope["method"] in BODY_METHODS:

@@ -178,6 +178,25 @@ def check_query(items: list[tuple[str, str]]) -> None:
 _TILE = re.compile(r"/tiles/(?:[^/]+/)?([+-]?\d+)/([+-]?\d+)/([+-]?\d+)(?:\.[A-Za-z0-9]+)?$")
 
 
+_FORWARDED_PROTO = re.compile(r"proto=\"?([^;,\"]*)", re.I)
+
+
+def check_forwarded(headers: list[tuple[bytes, bytes]]) -> None:
+    """The scheme a proxy forwards (X-Forwarded-Proto, Forwarded: proto=) is http or https: the STAC
+    and features apps build their links from it, and failed (500) on any other."""
+    for key, value in headers:
+        if key == b"x-forwarded-proto":
+            protos = [value.decode("latin-1").strip()]
+        elif key == b"forwarded":
+            protos = _FORWARDED_PROTO.findall(value.decode("latin-1"))
+        else:
+            continue
+        for proto in protos:
+            if proto not in ("http", "https"):
+                name = key.decode("latin-1")
+                raise QueryRefused(f"header {name} names the scheme {preview(proto, 24)}: http or https only")
+
+
 def check_path(path: str) -> None:
     """NUL characters anywhere; tile coordinates that are negative (morecantile fails on them)."""
     if "\x00" in path:

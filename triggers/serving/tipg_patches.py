@@ -26,10 +26,14 @@ Each one is small and keeps tipg's own signatures, so it can be dropped when tip
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 from typing import Any
 
 import asyncpg
+import numpy as np
+import pyproj
+import shapely
 from tipg import collections as tipg_collections
 from tipg import factory as tipg_factory
 from tipg.collections import Feature, ItemList, PgCollection, features_settings, mvt_settings
@@ -56,8 +60,14 @@ TILE_FILTERS = ("ids_filter", "bbox_filter", "datetime_filter", "properties_filt
 _omit_matched: contextvars.ContextVar[bool] = contextvars.ContextVar("geoetl_omit_matched", default=False)
 
 _original_get_tile = PgCollection.get_tile
+_original_select_mvt = PgCollection._select_mvt
 # tipg's own methods, kept so that tests can show what each correction changes
-UPSTREAM = {"_sortby": PgCollection._sortby, "features": PgCollection.features, "get_tile": PgCollection.get_tile}
+UPSTREAM = {
+    "_sortby": PgCollection._sortby,
+    "features": PgCollection.features,
+    "get_tile": PgCollection.get_tile,
+    "_select_mvt": PgCollection._select_mvt,
+}
 _installed = False
 
 
@@ -247,6 +257,70 @@ async def _get_tile(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
     )
 
 
+PROJECTABLE_STEP = 2.0  # degrees between the lon/lat points tried when finding where a CRS projects
+
+
+@functools.lru_cache(maxsize=32)
+def projectable_area(crs_wkt: str) -> shapely.Geometry:
+    """Where PROJ projects lon/lat into this CRS: the world less the cells of a 2-degree grid with a
+    corner that does not project, widened by one cell (PostGIS transforms vertices only, so a clipped
+    geometry whose vertices are all inside projects)."""
+    step = PROJECTABLE_STEP
+    to_crs = pyproj.Transformer.from_crs("EPSG:4326", pyproj.CRS.from_wkt(crs_wkt), always_xy=True)
+    lon, lat = np.arange(-180, 180 + step, step), np.arange(-90, 90 + step, step)
+    x, y = to_crs.transform(*np.meshgrid(lon, lat), errcheck=False)
+    ok = np.isfinite(x) & np.isfinite(y)
+    rows, cols = np.nonzero(~(ok[:-1, :-1] & ok[1:, :-1] & ok[:-1, 1:] & ok[1:, 1:]))
+    failing = shapely.unary_union(shapely.box(lon[cols], lat[rows], lon[cols + 1], lat[rows + 1]))
+    return shapely.difference(shapely.box(-180, -90, 180, 90), failing.buffer(step, join_style="mitre"))
+
+
+def tms_region(tms: Any) -> str | None:
+    """SQL of the area of a regional tile matrix set whose data PROJ can project into it, in
+    EPSG:4326; None for a set that covers the world. Bounds that cross the antimeridian are two boxes."""
+    west, south, east, north = tms.bbox
+    if west < east and east - west >= 359.0 and north - south >= 170.0:
+        return None
+    if west < east:
+        bounds = shapely.box(west, south, east, north)
+    else:
+        bounds = shapely.union(shapely.box(west, south, 180, north), shapely.box(-180, south, east, north))
+    area = shapely.intersection(bounds, projectable_area(tms.crs.to_wkt()))
+    return f"ST_GeomFromText('{shapely.to_wkt(area, rounding_precision=6)}', 4326)"
+
+
+def _select_mvt(
+    self: PgCollection, properties: Any, geometry_column: Any, tms: Any, tile: Any, simplify: float | None = None
+) -> str:
+    """The SELECT of a tile's rows: tipg's, except that data is clipped to a regional set's area first.
+
+    tipg clips only tiles outside the set's tile matrix, to one box; on a regional set
+    (CanadianNAD83_LCC, NZTM2000Quad, the UPS and UTM grids, ...) an ordinary tile's area reaches
+    data PROJ cannot project ("Point outside of projection domain": an internal error, 500), and
+    NZTM2000Quad's area crosses the antimeridian."""
+    columns = self._select_property_columns(properties)
+    geom = f"CAST({tipg_collections._quote_ident(geometry_column.name)} AS geometry)"
+    if simplify:
+        geom = f"ST_SnapToGrid(ST_SimplifyPreserveTopology({geom}, {float(simplify)}), {float(simplify)})"
+    area = tms_region(tms)
+    if area is None and not tms.is_valid(tile, strict=False):
+        area = "ST_MakeEnvelope({}, {}, {}, {}, 4326)".format(*tms.bbox)
+    if area is not None:
+        geom = f"ST_Intersection({area}, ST_Transform({geom}, 4326))"
+    if tms_srid := tms.crs.to_epsg():
+        projected = f"ST_Transform({geom}, {int(tms_srid)})"
+    else:
+        projected = f"ST_Transform({geom}, '{tms.crs.to_proj4().replace(chr(39), chr(39) * 2)}')"
+    b = tms.xy_bounds(tile)
+    envelope = f"ST_Segmentize(ST_MakeEnvelope({b.left}, {b.bottom}, {b.right}, {b.top}), {b.right - b.left})"
+    clip = "TRUE" if mvt_settings.tile_clip else "FALSE"
+    columns.append(
+        f"ST_AsMVTGeom({projected}, {envelope}, {int(mvt_settings.tile_resolution)},"
+        f" {int(mvt_settings.tile_buffer)}, {clip}) AS geom"
+    )
+    return "SELECT " + ", ".join(columns)
+
+
 async def _overview_tile(
     self: PgCollection, conn: asyncpg.Connection, geometry_column: Any, kwargs: dict[str, Any]
 ) -> bytes | None:
@@ -296,6 +370,8 @@ async def _clustered_tile(
     else:
         cell = (bounds.right - bounds.left) / (1 << CELL_BITS)
         point = point_expression(column_info.geometry_type, column)
+        if (area := tms_region(tms)) is not None:  # only points PROJ can project into a regional grid
+            source += f" AND ST_Intersects(ST_Transform({point}, 4326), {area})"  # after "WHERE ..."
         points = f"SELECT ST_X(g) AS x, ST_Y(g) AS y FROM (SELECT ST_Transform({point}, {srid}) AS g {source}) s0"  # noqa: S608
         cx, cy = f"floor((x - {bounds.left}) / {cell})::int", f"floor((y - {bounds.bottom}) / {cell})::int"
         mine = ""
@@ -331,6 +407,7 @@ def install() -> None:
     PgCollection._sortby = _sortby  # type: ignore[method-assign]
     PgCollection.features = _features  # type: ignore[method-assign]
     PgCollection.get_tile = _get_tile  # type: ignore[method-assign]
+    PgCollection._select_mvt = _select_mvt  # type: ignore[method-assign]
     mvt_settings.max_features_per_tile = TILE_HARD_LIMIT
     tipg_factory.GeoJSONResponse = _GeoJSONResponse  # type: ignore[misc]
     _drop_oas30()
