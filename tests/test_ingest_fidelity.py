@@ -102,3 +102,29 @@ def test_non_ascii_column_names_keep_their_letters_and_their_source_name(db, dra
     assert columns["école"]["description"] == "source column: ÉCOLE"
     assert columns["straße"]["description"] == "source column: Straße"
     assert "description" not in columns["plain"] and "description" not in columns["名前"]
+
+
+@pytest.mark.parametrize("ext", ["geojson", "csv"])
+def test_columns_named_as_system_columns_or_serving_aliases_load_renamed(db, drain, nonce, ext):
+    """xmin, ctid, ... are PostgreSQL's system columns (CREATE TABLE refused them: the job failed at
+    stage 2), tipg_id, ... the features API's own aliases (they shadowed the property): renamed _2,
+    every value kept, the source name in the STAC item's table columns."""
+    names = ["xmin", "CTID", "tableoid", "cmax", "tipg_id", "tipg_matched", "oid"]
+    values = [1, "c", 3, 4, "tv", 6, 7]
+    table = f"sys_{ext}_{nonce}"
+    if ext == "geojson":
+        content = one_feature(dict(zip(names, values, strict=True)))
+        params = {}
+    else:
+        content = vf.csv_text(["lat", "lon", *names], [[2, 1, *values]])
+        params = {"converter_params": {"lat_name": "lat", "lon_name": "lon"}}
+    blob = vf.upload(f"{nonce}/sys.{ext}", content)
+    job = vf.run_ingest(drain, db, {"blob_name": blob, "file_extension": ext, "table_name": table, **params})
+    assert job["status"] == "completed", job["error_details"]
+    renamed = ["xmin_2", "ctid_2", "tableoid_2", "cmax_2", "tipg_id_2", "tipg_matched_2", "oid"]
+    row = db.execute(f'SELECT * FROM geo."{table}"').fetchone()
+    assert [str(row[c]) for c in renamed] == [str(v) for v in values]
+    item = db.execute("SELECT pgstac.get_item(%s, 'system-vectors') AS i", [f"geo.{table}"]).fetchone()["i"]
+    columns = {c["name"]: c for c in item["properties"]["table:columns"]}
+    assert columns["ctid_2"]["description"] == "source column: CTID"
+    assert columns["xmin_2"]["description"] == "source column: xmin"

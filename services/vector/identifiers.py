@@ -13,6 +13,11 @@ from collections.abc import Iterable
 MAX_IDENTIFIER_BYTES = 63
 ID_COLUMN = "id"
 GEOMETRY_COLUMN = "geom"
+# Names a source column cannot take: PostgreSQL's system columns (CREATE TABLE refuses them) and the
+# aliases the features API's queries give their own columns beside the table's (a property of that
+# name would be shadowed in every answer).
+SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
+SERVING_ALIASES = frozenset({"tipg_id", "tipg_geom", "tipg_ctid", "tipg_matched", "tipg_rank"})
 # In a chunk only: the feature number of a row stage 1 left invalid for stage 2 to repair (null otherwise)
 REPAIR_COLUMN = "__geoetl_repair_feature"
 
@@ -68,14 +73,14 @@ def clean_name(raw: str) -> str:
 class ColumnNamer:
     """Maps source column names to unique clean names, stable across batches and layers.
 
-    The id and geometry column names are taken before any source column, so a source column
-    called "id" or "geom" becomes "id_2" / "geom_2"; other collisions get _2, _3, ... in order
-    of appearance.
+    The id and geometry column names, PostgreSQL's system columns and the serving queries' aliases
+    are taken before any source column, so a source column called "id", "geom" or "xmin" becomes
+    "id_2" / "geom_2" / "xmin_2"; other collisions get _2, _3, ... in order of appearance.
     """
 
     def __init__(self) -> None:
         self.mapping: dict[str, str] = {}
-        self._taken: set[str] = {ID_COLUMN, GEOMETRY_COLUMN}
+        self._taken: set[str] = {ID_COLUMN, GEOMETRY_COLUMN, *SYSTEM_COLUMNS, *SERVING_ALIASES}
 
     def name(self, raw: str) -> str:
         if raw in self.mapping:
