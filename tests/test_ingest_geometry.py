@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import pytest
 import shapely
 from pyproj import Transformer
@@ -217,3 +220,45 @@ def test_unknown_index_column_fails_naming_it(db, drain, nonce):
                                 indexes={"attributes": ["nope"]})
     assert job["status"] == "failed"
     assert "indexes.attributes" in job["error_details"]["error"] and "'nope'" in job["error_details"]["error"]
+
+
+@pytest.mark.parametrize("kind", ["line", "polygon", "point"])
+def test_a_nan_coordinate_fails_naming_the_feature(db, drain, nonce, kind):
+    """GEOS leaves a NaN vertex out of a geometry's bounds, and repair dropped LINESTRING (0 0, NaN 1) as
+    collapsed: a NaN coordinate is corrupt data, in every geometry type, and fails the job naming it."""
+    nan = float("nan")
+    good, bad = {
+        "line": (shapely.LineString([(0, 0), (1, 1)]), [(0, 0), (nan, 1)]),
+        "polygon": (box(0, 0, 1, 1), [(0, 0), (1, 0), (nan, 1), (0, 0)]),
+        "point": (Point(1, 1), (nan, 1)),
+    }[kind]
+    with warnings.catch_warnings():  # shapely warns about the NaN it is asked to keep
+        warnings.simplefilter("ignore", RuntimeWarning)
+        corrupt = {"line": shapely.LineString, "polygon": shapely.Polygon, "point": Point}[kind](bad)
+        path = vf.gpkg({"layer": vf.frame(3, [good, corrupt, good])}, vf.tmpdir())
+    blob = vf.upload(f"{nonce}/nan_{kind}.gpkg", path)
+    table = f"nan_{kind}_{nonce}"
+    job = vf.run_ingest(drain, db, {"blob_name": blob, "file_extension": "gpkg", "table_name": table})
+    assert job["status"] == "failed"
+    err = job["error_details"]["error"]
+    assert "feature 1 has coordinates no coordinate reference system can hold" in err and blob in err, err
+    assert not vf.table_exists(db, "geo", table)
+
+
+def test_the_huge_feature_child_reports_nan_bounds_for_a_nan_vertex():
+    """The child that prepares a huge feature measures its bounds for the worker's check: a NaN vertex, which
+    GEOS leaves out of the bounds, makes them NaN there too (so the worker fails the job as above)."""
+    from services.vector import repair_child
+
+    nan = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cases = {
+            "line": shapely.LineString([(0, 0), (nan, 1), (2, 2)]),
+            "multipoint": shapely.MultiPoint([(0, 0), (1, nan)]),
+            "clean": shapely.LineString([(0, 0), (2, 2)]),
+        }
+    for name, geom in cases.items():
+        answer: dict = {}
+        repair_child.prepare(shapely.to_wkb(geom), {"mode": "unchecked"}, answer)
+        assert all(map(math.isnan, answer["source_bounds"])) == (name != "clean"), (name, answer)

@@ -115,7 +115,7 @@ class Reprojector:
     def apply(self, geoms: np.ndarray, present: np.ndarray, offset: int) -> np.ndarray:
         if not present.any():
             return geoms
-        self.check(shapely.bounds(geoms[present]), present, offset)
+        self.check(_bounds_with_nan(geoms[present]), present, offset)
         if self.transformer is None:
             return geoms
         t = self.transformer
@@ -176,6 +176,20 @@ class Reprojector:
                 f"(feature {idx} has bounds {[round(float(v), 3) for v in b[i]]}); they are probably projected: "
                 "set converter_params.crs to the CRS they are in (e.g. \"EPSG:27700\")"
             )
+
+
+def _bounds_with_nan(geoms: np.ndarray) -> np.ndarray:
+    """Bounds of each geometry, NaN where one of its coordinates is NaN. GEOS leaves a NaN vertex out of
+    the bounds (LINESTRING (0 0, NaN 1) has finite ones) and repair then dropped the geometry as collapsed;
+    a NaN vertex makes a line's or a ring's length NaN (no copy of the coordinates), and points, which
+    have no length, are few bytes each."""
+    bounds = shapely.bounds(geoms)
+    bounds[np.isnan(shapely.length(geoms))] = np.nan
+    points = np.flatnonzero(np.isin(shapely.get_type_id(geoms), (0, 4)))  # Point, MultiPoint
+    if len(points):
+        coords, rows = shapely.get_coordinates(geoms[points], return_index=True)
+        bounds[points[np.unique(rows[np.isnan(coords).any(axis=1)])]] = np.nan
+    return bounds
 
 
 def _wkb_type_name(value: bytes) -> str | None:

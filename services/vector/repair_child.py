@@ -237,6 +237,14 @@ def reprojected(geom: shapely.Geometry, crs: str) -> shapely.Geometry:
     return out
 
 
+def _has_nan_vertex(geom: shapely.Geometry) -> bool:
+    """A NaN vertex makes a line's or a ring's length NaN; points have no length (geometry.py does the same
+    for a batch)."""
+    if shapely.get_type_id(geom) in (0, 4):
+        return bool(np.isnan(shapely.get_coordinates(geom)).any())
+    return bool(np.isnan(shapely.length(geom)))
+
+
 def prepare(data: bytes | bytearray, request: dict, answer: dict) -> bytes:
     """The feature's prepared WKB (empty when nothing is loaded); `answer` gets the status and counts.
 
@@ -252,6 +260,8 @@ def prepare(data: bytes | bytearray, request: dict, answer: dict) -> bytes:
         answer["status"] = "null"
         return b""
     answer["source_bounds"] = [float(v) for v in shapely.bounds(geom)]
+    if _has_nan_vertex(geom):  # GEOS leaves it out of the bounds; the worker refuses NaN bounds
+        answer["source_bounds"] = [float("nan")] * 4
     if shapely.has_z(geom) or shapely.has_m(geom):
         answer["z_dropped"] = int(shapely.has_z(geom))
         geom = shapely.force_2d(geom)
