@@ -26,7 +26,6 @@ Each one is small and keeps tipg's own signatures, so it can be dropped when tip
 from __future__ import annotations
 
 import contextvars
-import functools
 import json
 from typing import Any
 
@@ -60,7 +59,6 @@ TILE_FILTERS = ("ids_filter", "bbox_filter", "datetime_filter", "properties_filt
 _omit_matched: contextvars.ContextVar[bool] = contextvars.ContextVar("geoetl_omit_matched", default=False)
 
 _original_get_tile = PgCollection.get_tile
-_original_select_mvt = PgCollection._select_mvt
 # tipg's own methods, kept so that tests can show what each correction changes
 UPSTREAM = {
     "_sortby": PgCollection._sortby,
@@ -260,7 +258,6 @@ async def _get_tile(self: PgCollection, conn: asyncpg.Connection, **kwargs: Any)
 PROJECTABLE_STEP = 2.0  # degrees between the lon/lat points tried when finding where a CRS projects
 
 
-@functools.lru_cache(maxsize=32)
 def projectable_area(crs_wkt: str) -> shapely.Geometry:
     """Where PROJ projects lon/lat into this CRS: the world less the cells of a 2-degree grid with a
     corner that does not project, widened by one cell (PostGIS transforms vertices only, so a clipped
@@ -275,9 +272,18 @@ def projectable_area(crs_wkt: str) -> shapely.Geometry:
     return shapely.difference(shapely.box(-180, -90, 180, 90), failing.buffer(step, join_style="mitre"))
 
 
+_regions: dict[str, str | None] = {}  # by tile matrix set id: every tile of a set asks
+
+
 def tms_region(tms: Any) -> str | None:
     """SQL of the area of a regional tile matrix set whose data PROJ can project into it, in
     EPSG:4326; None for a set that covers the world. Bounds that cross the antimeridian are two boxes."""
+    if tms.id not in _regions:
+        _regions[tms.id] = _region(tms)
+    return _regions[tms.id]
+
+
+def _region(tms: Any) -> str | None:
     west, south, east, north = tms.bbox
     if west < east and east - west >= 359.0 and north - south >= 170.0:
         return None
