@@ -196,3 +196,58 @@ def test_a_catalog_built_while_a_replace_commits_shows_the_new_table(database: s
     finally:
         with psycopg.connect(database, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_a_reader_that_met_a_vanished_column_gets_a_catalog_built_after_it(database: str) -> None:
+    """rebuild_after: a failed read rebuilds the catalog unless a build that started after the failure is in
+    use, whatever the generation says (here it is made to match while the catalog is stale)."""
+    import asyncio
+    import uuid
+
+    import psycopg
+    from fastapi import FastAPI
+    from tipg import database as tipg_db
+
+    from triggers.serving.catalog import CatalogKeeper
+
+    schema = f"cat_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY, geom geometry(Point,4326), old_col int)")
+
+    async def main() -> list[Any]:
+        app = FastAPI()
+        db_settings = lib.GeoetlTipgDatabaseSettings(
+            schemas=[schema], application_schema="pg_temp", datetime_extent=False, spatial_extent=False,
+            only_spatial_tables=True,
+        )
+        pg = lib.GeoetlTipgPostgresSettings(database_url=lib.asyncpg_url(database), db_min_conn_size=1)
+        await tipg_db.connect_to_db(app, schemas=[schema], tipg_schema="pg_temp", settings=pg)
+        keeper = CatalogKeeper(app, db_settings)
+
+        def columns() -> list[str]:
+            return [p.name for p in keeper.collections()[f"{schema}.t"].properties]
+
+        try:
+            await keeper.refresh()
+            seen = [columns()]
+            with psycopg.connect(database, autocommit=True) as conn:
+                conn.execute(f"ALTER TABLE {schema}.t RENAME COLUMN old_col TO new_col")
+            keeper.generation = await keeper.current_generation()  # a check would see nothing to do
+            failed_at = keeper.builds_started
+            await keeper.rebuild_after(failed_at)
+            seen.append(columns())
+            refreshes = keeper.refreshes
+            await keeper.rebuild_after(failed_at)  # a build after the failure is in use: none again
+            seen.append(keeper.refreshes - refreshes)
+            return seen
+        finally:
+            await tipg_db.close_db_connection(app)
+
+    try:
+        before, after, again = asyncio.run(main())
+        assert "old_col" in before and "new_col" in after and "old_col" not in after
+        assert again == 0
+    finally:
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

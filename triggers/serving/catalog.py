@@ -62,6 +62,8 @@ class CatalogKeeper:
         self.checked_at = 0.0
         self.refreshes = 0
         self.invalidations = 0  # counts invalidate() calls: a request can tell one happened while it ran
+        self.builds_started = 0  # builds are numbered as they start (under the lock) ...
+        self.published_build = 0  # ... and the catalog in use is the one of this build
         self._lock = asyncio.Lock()
 
     @property
@@ -91,6 +93,8 @@ class CatalogKeeper:
         already past their check read app.state meanwhile. After the last attempt the catalog is
         kept with the generation read before it, so the next check builds again."""
         t0 = time.perf_counter()
+        self.builds_started += 1
+        build = self.builds_started
         async with self.app.state.pool.acquire() as conn:
             for _ in range(BUILD_ATTEMPTS):
                 generation = str(await conn.fetchval(GENERATION_SQL, self.schemas))
@@ -101,6 +105,7 @@ class CatalogKeeper:
             collections={c.id: c for c in collections}, last_updated=datetime.datetime.now()
         )
         self.generation = generation
+        self.published_build = build
         self.refreshed_at = self.checked_at = time.monotonic()
         self.refreshes += 1
         log.info(
@@ -108,6 +113,15 @@ class CatalogKeeper:
             len(self.collections()),
             (time.perf_counter() - t0) * 1000,
         )
+
+    async def rebuild_after(self, seen_builds: int) -> None:
+        """Rebuild unless a build started after `seen_builds` builds is the one in use.
+
+        For a reader that met a vanished table or column: it needs a catalog read after it did, and a
+        build that started later read the database after it, whatever the generations say."""
+        async with self._lock:
+            if self.published_build <= seen_builds:
+                await self._rebuild()
 
     def invalidate(self) -> None:
         """Make the next request check the generation (a table vanished under us)."""

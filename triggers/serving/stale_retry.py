@@ -4,8 +4,9 @@ A reader checks the catalog's generation, then queries. When a dataset is replac
 checked before the swap wait on its lock, and their query then runs against the new table with the
 old catalog's columns: "column does not exist" (or the table is gone for a moment in between). The
 error handlers of the features app invalidate the catalog on such errors (see features.py); this
-wrapper then rebuilds it and replays the request once, so the reader gets the new version instead
-of an error. Only GET/HEAD requests (no body) are replayed, and only error answers are buffered.
+wrapper then rebuilds it (unless a build that started after the failure is already in use) and
+replays the request once, so the reader gets the new version instead of an error. Only GET/HEAD
+requests (no body) are replayed, and only error answers are buffered.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ class StaleCatalogRetry:
         # met a vanished table or column: the error handler invalidated the catalog while this request ran
         # (counted, not read off checked_at, which a concurrent request's check may already have reset)
         if self.keeper.invalidations != invalidations and self.keeper.generation is not None:
-            try:
-                await self.keeper.ensure_fresh(force_check=True)
+            try:  # a catalog read after the failure (a generation check could compare with a torn build's)
+                await self.keeper.rebuild_after(self.keeper.builds_started)
             except Exception:  # no fresher catalog now: the first answer stands
                 log.warning("catalog refresh before a retry failed", exc_info=True)
             else:
