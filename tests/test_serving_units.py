@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -125,6 +127,27 @@ def test_catalog_generation_moves_with_tables_and_columns_not_with_statistics(da
         assert gen() == before
 
 
+@asynccontextmanager
+async def tipg_keeper(database: str, schema: str, *, spatial_extent: bool, app: Any = None) -> AsyncIterator[Any]:
+    """A tipg app on `schema` (its functions in pg_temp) with the keeper of its catalog; closed after."""
+    from fastapi import FastAPI
+    from tipg import database as tipg_db
+
+    from triggers.serving.catalog import CatalogKeeper
+
+    app = app or FastAPI()
+    db_settings = lib.GeoetlTipgDatabaseSettings(
+        schemas=[schema], application_schema="pg_temp", datetime_extent=False, spatial_extent=spatial_extent,
+        only_spatial_tables=True,
+    )
+    pg = lib.GeoetlTipgPostgresSettings(database_url=lib.asyncpg_url(database), db_min_conn_size=1)
+    await tipg_db.connect_to_db(app, schemas=[schema], tipg_schema="pg_temp", settings=pg)
+    try:
+        yield CatalogKeeper(app, db_settings)
+    finally:
+        await tipg_db.close_db_connection(app)
+
+
 def test_a_catalog_built_while_a_replace_commits_shows_the_new_table(database: str) -> None:
     """The build waits on a replace's lock (in tipg's extent query), the replace commits under it: the
     keeper builds again, so the catalog it keeps has the new columns, not the old ones or no table,
@@ -135,9 +158,6 @@ def test_a_catalog_built_while_a_replace_commits_shows_the_new_table(database: s
     import psycopg
     from fastapi import FastAPI
     from starlette.datastructures import State
-    from tipg import database as tipg_db
-
-    from triggers.serving.catalog import CatalogKeeper
 
     schema = f"cat_{uuid.uuid4().hex[:8]}"
     geom = "geom geometry(Point,4326)"
@@ -157,14 +177,7 @@ def test_a_catalog_built_while_a_replace_commits_shows_the_new_table(database: s
     async def main() -> None:
         app = FastAPI()
         app.state = Recording()
-        db_settings = lib.GeoetlTipgDatabaseSettings(
-            schemas=[schema], application_schema="pg_temp", datetime_extent=False, spatial_extent=True,
-            only_spatial_tables=True,
-        )
-        pg = lib.GeoetlTipgPostgresSettings(database_url=lib.asyncpg_url(database), db_min_conn_size=1)
-        await tipg_db.connect_to_db(app, schemas=[schema], tipg_schema="pg_temp", settings=pg)
-        keeper = CatalogKeeper(app, db_settings)
-        try:
+        async with tipg_keeper(database, schema, spatial_extent=True, app=app) as keeper:
             with psycopg.connect(database) as replace:
                 replace.execute(f"LOCK TABLE {schema}.blocker IN ACCESS EXCLUSIVE MODE")
                 replace.execute(f"DROP TABLE {schema}.replaced")
@@ -184,8 +197,6 @@ def test_a_catalog_built_while_a_replace_commits_shows_the_new_table(database: s
                         raise AssertionError("the catalog build never waited on the replace's lock")
                 replace.commit()
             await build
-        finally:
-            await tipg_db.close_db_connection(app)
 
     try:
         asyncio.run(main())
@@ -205,10 +216,6 @@ def test_a_reader_that_met_a_vanished_column_gets_a_catalog_built_after_it(datab
     import uuid
 
     import psycopg
-    from fastapi import FastAPI
-    from tipg import database as tipg_db
-
-    from triggers.serving.catalog import CatalogKeeper
 
     schema = f"cat_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(database, autocommit=True) as conn:
@@ -216,19 +223,11 @@ def test_a_reader_that_met_a_vanished_column_gets_a_catalog_built_after_it(datab
         conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY, geom geometry(Point,4326), old_col int)")
 
     async def main() -> list[Any]:
-        app = FastAPI()
-        db_settings = lib.GeoetlTipgDatabaseSettings(
-            schemas=[schema], application_schema="pg_temp", datetime_extent=False, spatial_extent=False,
-            only_spatial_tables=True,
-        )
-        pg = lib.GeoetlTipgPostgresSettings(database_url=lib.asyncpg_url(database), db_min_conn_size=1)
-        await tipg_db.connect_to_db(app, schemas=[schema], tipg_schema="pg_temp", settings=pg)
-        keeper = CatalogKeeper(app, db_settings)
+        async with tipg_keeper(database, schema, spatial_extent=False) as keeper:
 
-        def columns() -> list[str]:
-            return [p.name for p in keeper.collections()[f"{schema}.t"].properties]
+            def columns() -> list[str]:
+                return [p.name for p in keeper.collections()[f"{schema}.t"].properties]
 
-        try:
             await keeper.refresh()
             seen = [columns()]
             with psycopg.connect(database, autocommit=True) as conn:
@@ -241,8 +240,6 @@ def test_a_reader_that_met_a_vanished_column_gets_a_catalog_built_after_it(datab
             await keeper.rebuild_after(failed_at)  # a build after the failure is in use: none again
             seen.append(keeper.refreshes - refreshes)
             return seen
-        finally:
-            await tipg_db.close_db_connection(app)
 
     try:
         before, after, again = asyncio.run(main())

@@ -33,6 +33,7 @@ from services.vector.repair import (
     refuse_invalid,
     run_child,
 )
+from services.vector.repair_child import nan_vertex_rows
 
 POINT, LINE, POLYGON, COLLECTION = "point", "line", "polygon", "collection"
 # shapely type ids: 0 Point, 1 LineString, 2 LinearRing, 3 Polygon, 4-6 Multi*, 7 GeometryCollection
@@ -179,16 +180,10 @@ class Reprojector:
 
 
 def _bounds_with_nan(geoms: np.ndarray) -> np.ndarray:
-    """Bounds of each geometry, NaN where one of its coordinates is NaN. GEOS leaves a NaN vertex out of
-    the bounds (LINESTRING (0 0, NaN 1) has finite ones) and repair then dropped the geometry as collapsed;
-    a NaN vertex makes a line's or a ring's length NaN (no copy of the coordinates), and points, which
-    have no length, are few bytes each."""
+    """Bounds of each geometry, NaN where one of its vertices is NaN: GEOS leaves it out of the bounds
+    (LINESTRING (0 0, NaN 1) has finite ones), and repair then dropped the geometry as collapsed."""
     bounds = shapely.bounds(geoms)
-    bounds[np.isnan(shapely.length(geoms))] = np.nan
-    points = np.flatnonzero(np.isin(shapely.get_type_id(geoms), (0, 4)))  # Point, MultiPoint
-    if len(points):
-        coords, rows = shapely.get_coordinates(geoms[points], return_index=True)
-        bounds[points[np.unique(rows[np.isnan(coords).any(axis=1)])]] = np.nan
+    bounds[nan_vertex_rows(geoms)] = np.nan
     return bounds
 
 

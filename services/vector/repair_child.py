@@ -237,12 +237,16 @@ def reprojected(geom: shapely.Geometry, crs: str) -> shapely.Geometry:
     return out
 
 
-def _has_nan_vertex(geom: shapely.Geometry) -> bool:
-    """A NaN vertex makes a line's or a ring's length NaN; points have no length (geometry.py does the same
-    for a batch)."""
-    if shapely.get_type_id(geom) in (0, 4):
-        return bool(np.isnan(shapely.get_coordinates(geom)).any())
-    return bool(np.isnan(shapely.length(geom)))
+def nan_vertex_rows(geoms: np.ndarray) -> np.ndarray:
+    """Which geometries have a NaN vertex (GEOS leaves it out of their bounds). A NaN vertex makes a line's
+    or a ring's length NaN (no copy of the coordinates); points, which have no length, are few bytes each.
+    Here for the child and for the worker's batches (geometry.py)."""
+    found = np.isnan(shapely.length(geoms))
+    points = np.flatnonzero(np.isin(shapely.get_type_id(geoms), (0, 4)))  # Point, MultiPoint
+    if len(points):
+        coords, rows = shapely.get_coordinates(geoms[points], return_index=True)
+        found[points[np.unique(rows[np.isnan(coords).any(axis=1)])]] = True
+    return found
 
 
 def prepare(data: bytes | bytearray, request: dict, answer: dict) -> bytes:
@@ -260,7 +264,7 @@ def prepare(data: bytes | bytearray, request: dict, answer: dict) -> bytes:
         answer["status"] = "null"
         return b""
     answer["source_bounds"] = [float(v) for v in shapely.bounds(geom)]
-    if _has_nan_vertex(geom):  # GEOS leaves it out of the bounds; the worker refuses NaN bounds
+    if nan_vertex_rows(np.array([geom]))[0]:  # GEOS leaves it out of the bounds; the worker refuses NaN bounds
         answer["source_bounds"] = [float("nan")] * 4
     if shapely.has_z(geom) or shapely.has_m(geom):
         answer["z_dropped"] = int(shapely.has_z(geom))
