@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from bench import pg
+from bench.cpu import CpuMeter, postgres_root
 from bench.data import HEAVY, Dataset
 from bench.rss import RssSampler
 from config import get_settings, reset_settings
@@ -101,6 +102,13 @@ def worker_processes() -> list[int]:
     return pids
 
 
+def cpu_groups() -> dict[str, Any]:
+    """CPU meter groups of a geoetl run: the workers together, the API, the blob emulator, PostgreSQL."""
+    workers = [f.stem for f in sorted(RUN_DIR.glob("worker-*.pid")) if not f.stem.endswith(".child")]
+    return {"workers": lambda: [p for w in workers for p in _pid(w)], "api": lambda: _pid("api"),
+            "azurite": lambda: _pid("azurite"), "postgres": postgres_root}
+
+
 def stack_processes() -> dict[str, Any]:
     """Sampler groups: the API, each worker and the blob emulator, by their pid files."""
     groups: dict[str, Any] = {"api": lambda: _pid("api"), "azurite": lambda: _pid("azurite")}
@@ -146,14 +154,21 @@ def ingest_body(ds: Dataset, blob: str, table: str) -> dict[str, Any]:
             "converter_params": params}
 
 
-def wait_for(job_id: str, timeout: float) -> tuple[dict[str, Any], float]:
-    """Poll the status route until the job ends; (last status body, monotonic time it was seen)."""
+def wait_for(job_id: str, timeout: float, meter: CpuMeter | None = None) -> tuple[dict[str, Any], float]:
+    """Poll the status route until the job ends; (last status body, monotonic time it was seen).
+    With a meter, each stage the status shows becomes one of its phases (to within a poll)."""
     api = client()
     deadline = time.monotonic() + timeout
+    stage = None
     while True:
         code, st = api.request("GET", f"/jobs/status/{job_id}")
         seen = time.perf_counter()
-        if code == 200 and st.get("status") in ("completed", "failed"):
+        ended = code == 200 and st.get("status") in ("completed", "failed")
+        if meter is not None and code == 200 and (st.get("stage") != stage or ended):
+            if stage is not None:
+                meter.mark(f"stage {stage}")
+            stage = st.get("stage")
+        if ended:
             return st, seen
         if code not in (200, 503) and code < 500:
             raise JobFailed(f"status of {job_id} answered {code}: {st}")
@@ -289,14 +304,15 @@ def run_geoetl(ds: Dataset, blob: str, table: str, timeout: float = 7200, keep: 
     with pg.connect() as conn:
         pg.drop_table(conn, GEO_SCHEMA, table)
     status: dict[str, Any] = {}
-    with RssSampler(groups, interval=0.1) as sampler:
+    with RssSampler(groups, interval=0.1) as sampler, CpuMeter(cpu_groups()) as meter:
         t0 = time.perf_counter()
         try:
             job_id, _ = submit("/jobs/ingest_vector", ingest_body(ds, blob, table))
-            status, seen = wait_for(job_id, timeout)
+            status, seen = wait_for(job_id, timeout, meter)
         except JobFailed as exc:
             result["error"] = str(exc)
             return result
+    result["cpu"] = meter.result()
     result["job_id"] = job_id
     result["seconds"] = round(seen - t0, 3)
     result["server_seconds"] = server_seconds(job_id)

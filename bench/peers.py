@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from bench import data, pg
+from bench.cpu import CpuMeter, postgres_root
 from bench.data import HEAVY, Dataset
 from bench.rss import run_sampled
 
@@ -95,38 +96,43 @@ def run_peer(peer: str, ds: Dataset, table: str) -> dict[str, Any]:
     ds, source_note = peer_source(peer, ds)
     if source_note:
         result["source"] = {"file": ds.path.name, "why": source_note}
-    t0 = time.perf_counter()
-    if peer == "geopandas":
-        cmd = [sys.executable, "-m", "bench.gpd_load", str(ds.path), ds.kind, pg.PEER_SCHEMA, table]
-        run = run_sampled(cmd, env=None)
-        result["command"] = "geopandas.read_file(path) -> GeoDataFrame.to_postgis(table, engine)"
-        if run.returncode == 0 and run.stdout.strip():
-            result["phases"] = json.loads(run.stdout.strip().splitlines()[-1])
-    else:
-        cmd, env = ogr2ogr_command(ds, table, tuned=peer in ("ogr2ogr_tuned", "ogr2ogr_makevalid"),
-                                   makevalid=peer == "ogr2ogr_makevalid")
-        run = run_sampled(cmd, env=env)
-        result["command"] = printable(cmd)
-    result["load_s"] = round(run.seconds, 3)
-    result["peak_rss_mb"] = {"client": run.peak_mb}
-    if run.returncode != 0:
-        result["error"] = run.stderr_tail or f"exit code {run.returncode}"
-        return result
-    index_s = 0.0
-    with pg.connect() as conn:
-        if peer in ("ogr2ogr_tuned", "ogr2ogr_makevalid"):
-            t_idx = time.perf_counter()
-            pg.create_spatial_index(conn, pg.PEER_SCHEMA, table, analyze=True)
-            index_s = time.perf_counter() - t_idx
-            result["post_sql"] = "CREATE INDEX ... USING GIST (<geometry>); ANALYZE"
-        elif not pg.table_check(conn, pg.PEER_SCHEMA, table)["spatial_index"]:
-            # every contender must end with a spatial index; say when one had to be added
-            t_idx = time.perf_counter()
-            pg.create_spatial_index(conn, pg.PEER_SCHEMA, table, analyze=False)
-            index_s = time.perf_counter() - t_idx
-            result["post_sql"] = "CREATE INDEX ... USING GIST (<geometry>) (the tool made none)"
+    # PostgreSQL is metered; the peer's client is the machine's remaining busy time ("other")
+    with CpuMeter({"postgres": postgres_root}) as meter:
+        t0 = time.perf_counter()
+        if peer == "geopandas":
+            cmd = [sys.executable, "-m", "bench.gpd_load", str(ds.path), ds.kind, pg.PEER_SCHEMA, table]
+            run = run_sampled(cmd, env=None)
+            result["command"] = "geopandas.read_file(path) -> GeoDataFrame.to_postgis(table, engine)"
+            if run.returncode == 0 and run.stdout.strip():
+                result["phases"] = json.loads(run.stdout.strip().splitlines()[-1])
+        else:
+            cmd, env = ogr2ogr_command(ds, table, tuned=peer in ("ogr2ogr_tuned", "ogr2ogr_makevalid"),
+                                       makevalid=peer == "ogr2ogr_makevalid")
+            run = run_sampled(cmd, env=env)
+            result["command"] = printable(cmd)
+        result["load_s"] = round(run.seconds, 3)
+        result["peak_rss_mb"] = {"client": run.peak_mb}
+        if run.returncode != 0:
+            result["error"] = run.stderr_tail or f"exit code {run.returncode}"
+            return result
+        index_s = 0.0
+        with pg.connect() as conn:
+            if peer in ("ogr2ogr_tuned", "ogr2ogr_makevalid"):
+                t_idx = time.perf_counter()
+                pg.create_spatial_index(conn, pg.PEER_SCHEMA, table, analyze=True)
+                index_s = time.perf_counter() - t_idx
+                result["post_sql"] = "CREATE INDEX ... USING GIST (<geometry>); ANALYZE"
+            elif not pg.table_check(conn, pg.PEER_SCHEMA, table)["spatial_index"]:
+                # every contender must end with a spatial index; say when one had to be added
+                t_idx = time.perf_counter()
+                pg.create_spatial_index(conn, pg.PEER_SCHEMA, table, analyze=False)
+                index_s = time.perf_counter() - t_idx
+                result["post_sql"] = "CREATE INDEX ... USING GIST (<geometry>) (the tool made none)"
         result["seconds"] = round(time.perf_counter() - t0, 3)
-        result["index_s"] = round(index_s, 3)
+        meter.mark("index")
+    result["index_s"] = round(index_s, 3)
+    result["cpu"] = meter.result()
+    with pg.connect() as conn:
         result["check"] = pg.table_check(conn, pg.PEER_SCHEMA, table)
     if result["check"]["rows"] != ds.rows:
         result["error"] = f"loaded {result['check']['rows']} rows, expected {ds.rows}"

@@ -114,6 +114,7 @@ def summarise_ingest(ingest: dict[str, Any]) -> dict[str, dict[str, dict[str, An
                 "errors": sorted({" ".join(str(r.get("error")).split())[-300:] for r in runs if r.get("error")}),
                 "peak_rss_mb": max(rss) if rss else None,
                 "skipped": (d.get("skipped") or {}).get(peer),
+                "cpu": _median_run_cpu(ok),
             }
             if peer == "geoetl":
                 procs: dict[str, float] = {}
@@ -140,6 +141,68 @@ def summarise_ingest(ingest: dict[str, Any]) -> dict[str, dict[str, dict[str, An
         for v in per.values():
             v["ratio"] = round(v["median_s"] / base, 2) if base and v.get("median_s") else None
         out[kind] = per
+    return out
+
+
+def _median_run_cpu(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The CPU meter of the run whose time is the median (the closest one), when runs were metered."""
+    metered = [r for r in ok if r.get("cpu")]
+    if not metered:
+        return None
+    mid = median([r["seconds"] for r in metered])
+    return min(metered, key=lambda r: abs(r["seconds"] - mid))["cpu"]
+
+
+CPU_GROUPS = (("workers", "workers"), ("postgres", "PostgreSQL"), ("azurite", "Azurite"), ("api", "API"),
+              ("other", "other"))
+
+
+def _cpu_cells(cpu: dict[str, Any]) -> str:
+    per = cpu.get("cpu_s") or {}
+    return " | ".join(_fmt(per.get(k), 2) if k in per else "-" for k, _ in CPU_GROUPS)
+
+
+def _cpu_section(summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Where the cores went in each contender's median run, and the shortest time that much work allows."""
+    rows = []
+    for kind, per in summary.items():
+        base = (per.get(BASELINE) or {}).get("median_s")
+        for peer, s in per.items():
+            cpu = s.get("cpu")
+            if not cpu or not cpu.get("wall_s"):
+                continue
+            floor = cpu["busy_s"] / cpu["cores"]
+            rows.append(f"| {kind} | {PEER_LABELS.get(peer, peer)} | {cpu['wall_s']:.2f} | {cpu['busy_s']:.2f} |"
+                        f" {_fmt((cpu.get('use') or 0) * 100, 0)} % | {_cpu_cells(cpu)} | {floor:.2f} |"
+                        f" {_fmt(floor / base if base else None, 2, 'x')} |")
+    if not rows:
+        return []
+    lines = [
+        "## Where the cores go: CPU seconds of each median run",
+        "",
+        "CPU seconds (user + system) each group of processes spent during the run, from /proc: geoetl's two"
+        " workers with their children, PostgreSQL (every backend, the server's own processes included), the"
+        " blob emulator, the API; \"other\" is the rest of the machine's busy time (for (a)-(c) mostly the"
+        " peer's client). Use = busy time / (wall time x cores). Floor = busy CPU seconds / cores: the"
+        " shortest wall time any scheduling of that much work could reach on this machine; floor x (b) sets"
+        " it against the median of (b).",
+        "",
+        "| dataset | contender | wall s | busy CPU s | use | workers | PostgreSQL | Azurite | API | other |"
+        " floor s | floor x (b) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+    ]
+    return lines
+
+
+def _cpu_phases(cpu: dict[str, Any] | None) -> list[str]:
+    """One line per stage of a metered geoetl run: wall, busy CPU, use of the cores, and who used them."""
+    out = []
+    for ph in (cpu or {}).get("phases") or []:
+        per = ", ".join(f"{label} {ph['cpu_s'][k]:.2f}" for k, label in CPU_GROUPS
+                        if ph["cpu_s"].get(k, 0) >= 0.01)
+        out.append(f"  - {ph['phase']}: {ph['wall_s']:.2f} s wall, {ph['busy_s']:.2f} CPU s"
+                   f" ({_fmt((ph.get('use') or 0) * 100, 0)} % of the cores): {per}")
     return out
 
 
@@ -403,6 +466,10 @@ def _missed_section(ingest: dict[str, Any], summary: dict[str, Any]) -> list[str
             medians = {"seconds_per_stage": per["geoetl"].get("stage_median_s"),
                        "task_seconds": timed[0].get("task_seconds")}
             lines.append(f"- timed runs: median per stage {_stages(medians)} (tasks of the first run)")
+            phases = _cpu_phases(per["geoetl"].get("cpu"))
+            if phases:
+                lines += ["- CPU by stage in the median run (from /proc, stage boundaries to within a status poll):",
+                          *phases]
         pr = d.get("profile_run")
         if not pr:
             lines.append("- no profiled run (`--profile never`, or recorded before profiling existed)")
@@ -495,6 +562,9 @@ def render(results: dict[str, Any], history: str = "") -> str:
     ]
     if ingest:
         out += [*_ingest_section(ingest, summary), ""]
+        cpu = _cpu_section(summary)
+        if cpu:
+            out += [*cpu, ""]
         missed = _missed_section(ingest, summary)
         if missed:
             out += [*missed, ""]

@@ -302,3 +302,62 @@ def test_missed_targets_names_each_miss() -> None:
     assert report.missed_targets("maritime", s["maritime"]) == ["end to end 2.50x > 2.0x tuned ogr2ogr",
                                                               "worker peak 900 MB > 400 MB"]
     assert report.missed_targets("gpkg", {"ogr2ogr_tuned": {"ratio": 1.0}}) == []
+
+
+def _cpu(wall: float, busy: float, **groups: float) -> dict:
+    return {"wall_s": wall, "busy_s": busy, "cores": 2, "use": busy / (2 * wall), "cpu_s": groups}
+
+
+def test_the_cpu_section_shows_the_median_runs_cores_and_the_floor_of_that_work() -> None:
+    res = _results()
+    runs = res["sections"]["ingest"]["datasets"]["gpkg"]["runs"]
+    for r in runs:
+        if r["peer"] == "ogr2ogr_tuned":
+            r["cpu"] = _cpu(r["seconds"], r["seconds"] * 1.5, postgres=r["seconds"] / 2, other=r["seconds"])
+        elif r["peer"] == "geoetl" and r.get("seconds"):
+            r["cpu"] = {**_cpu(r["seconds"], 14.0, workers=6.0, postgres=4.0, azurite=3.0, api=0.5, other=0.5),
+                        "phases": [{"phase": "stage 2", **_cpu(5.0, 9.5, workers=5.0, postgres=2.5, azurite=2.0)},
+                                   {"phase": "stage 3", **_cpu(3.0, 3.1, postgres=3.0, workers=0.004)}]}
+    s = report.summarise_ingest(res["sections"]["ingest"])["gpkg"]
+    assert s["geoetl"]["cpu"]["wall_s"] == 9.0  # the median run's meter, not the 30 s one
+    md = report.render(res)
+    cpu = md[md.index("## Where the cores go"):md.index("## Orchestration")]
+    # tuned ogr2ogr: median run 11 s, 16.5 CPU s -> floor 8.25 s, 0.75x of its own median
+    assert "| gpkg | (b) ogr2ogr tuned | 11.00 | 16.50 | 75 % | - | 5.50 | - | - | 11.00 | 8.25 | 0.75x |" in cpu
+    # geoetl: 14 CPU s on 2 cores can never take less than 7 s: 0.64x of (b)'s 11 s
+    assert "| gpkg | (d) geoetl end to end | 9.00 | 14.00 | 78 % | 6.00 | 4.00 | 3.00 | 0.50 | 0.50 | 7.00 | 0.64x |" \
+        in cpu
+    assert "(a) ogr2ogr default" not in cpu  # not metered: no row
+
+
+def test_a_missed_target_shows_the_cpu_of_each_stage() -> None:
+    res = _results_13()
+    gpkg = res["sections"]["ingest"]["datasets"]["gpkg"]
+    for r in gpkg["runs"]:
+        if r["peer"] == "geoetl" and r.get("seconds"):
+            r["cpu"] = {**_cpu(r["seconds"], 12.0, workers=5.0),
+                        "phases": [{"phase": "stage 2", **_cpu(5.0, 9.5, workers=5.0, postgres=2.5, azurite=2.0)},
+                                   {"phase": "stage 3", **_cpu(2.5, 2.6, postgres=2.5, workers=0.004)}]}
+    md = report.render(res)
+    where = md[md.index("### GeoPackage (gpkg)"):md.index("## Orchestration")]
+    assert "  - stage 2: 5.00 s wall, 9.50 CPU s (95 % of the cores): workers 5.00, PostgreSQL 2.50, Azurite 2.00" \
+        in where
+    assert "  - stage 3: 2.50 s wall, 2.60 CPU s (52 % of the cores): PostgreSQL 2.50\n" in where
+
+
+def test_the_cpu_meter_counts_a_process_tree_and_its_reaped_children() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from bench.cpu import CpuMeter, tree_cpu
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    with CpuMeter({"me": lambda: [os.getpid()]}) as meter:
+        subprocess.run([sys.executable, "-c", burn], check=True)  # a child that ends and is reaped
+        meter.mark("child")
+    child = meter.result()["phases"][0]
+    assert child["cpu_s"]["me"] >= 0.3  # its CPU is in this process's reaped-children time
+    assert child["busy_s"] >= child["cpu_s"]["me"] - 0.05  # the machine was busy at least that long
+    assert meter.result()["cpu_s"]["me"] >= child["cpu_s"]["me"]
+    assert tree_cpu(2**22 + 12345) == 0.0  # a pid that does not exist
