@@ -444,7 +444,8 @@ class IngestVectorJob(JobBase):
         counts = _counts(prepared + [t.result_data for t in done])
         rows = counts["rows"]
         expected_rows = counts["source_features"] - sum(counts["features_dropped"].values())
-        out_of_range = sum(int(t.result_data.get("values_out_of_range", 0)) for t in done)
+        # stage 1 counts the DateTime values it nulled when it converts the file, stage 2 what COPY could not hold
+        out_of_range = sum(int(r.get("values_out_of_range", 0)) for r in [*prepared, *(t.result_data for t in done)])
         return {
             "job_type": cls.job_type,
             "blob_name": params["blob_name"],

@@ -41,6 +41,7 @@ from services.vector.source import (
     TEMP_PREFIX,
     LayerSource,
     Source,
+    check_distinct_fields,
     csv_options,
     scrub,
     unparsed_csv_geometry,
@@ -175,6 +176,7 @@ def _plan(params: dict[str, Any], store: BlobStore, version: str) -> tuple[dict[
         header = _header_names(local, int(starts[0]))
         try:
             meta, schema = _detected_types(local, starts, options)
+            check_distinct_fields(schema.names, label)
         except GDAL_ERRORS as exc:
             raise PermanentTaskError(f"could not read {label}: {scrub(str(exc), blob)}") from None
         size = local.stat().st_size

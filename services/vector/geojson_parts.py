@@ -57,6 +57,7 @@ from services.context import TaskContext
 from services.vector import columns as C
 from services.vector import halves
 from services.vector.chunks import MAX_CHUNKS, too_many_chunks
+from services.vector.datetimes import label_of, type_label
 from services.vector.ewkb import one_value
 from services.vector.formats import FORMAT_NAMES
 from services.vector.geojson_geometry import NotAGeometry, read_bare_geometry
@@ -352,14 +353,14 @@ def _opener(params: dict[str, Any], label: str, geometry: bytes | None = None) -
     (the last one). Fields are matched by name: a field the part's first features lack comes after the
     others, which changes nothing (columns are copied by name). `geometry`: the WKB of a one-feature
     part whose geometry GDAL read as null."""
-    planned = {name: type_name for name, type_name in params["field_types"]}
+    planned = {name: label_of(type_name) for name, type_name in params["field_types"]}
     first, end = params["features"]
 
     @contextmanager
     def open_part(path: str, **kwargs: Any) -> Iterator[tuple[dict[str, Any], Iterator[pa.RecordBatch]]]:
         with pyogrio.open_arrow(path, **kwargs) as (meta, reader):
             geom = meta.get("geometry_name") or "wkb_geometry"
-            found = {f.name: str(f.type) for f in reader.schema if f.name != geom}
+            found = {f.name: type_label(f) for f in reader.schema if f.name != geom}
             if found != planned:
                 diff = [f"'{n}' {t} (the whole file: {planned.get(n, 'no such field')})" for n, t in found.items()
                         if planned.get(n) != t] or ["with other fields"]
@@ -367,7 +368,8 @@ def _opener(params: dict[str, Any], label: str, geometry: bytes | None = None) -
                     f"{label}: features {first}..{end - 1} are typed {', '.join(diff)} when read on their own; "
                     "the file cannot be loaded in parts without changing values"
                 )
-            batches = _without_carrier(reader, end - first)
+            why = SEQUENCE_FRAMING if params["sequence"] else "the file's text is not GeoJSON as GDAL reads it"
+            batches = _without_carrier(reader, end - first, label, first, why)
             if geometry is None:
                 yield meta, batches
             else:
@@ -390,8 +392,17 @@ def _with_geometry(batches: Iterator[pa.RecordBatch], name: str, wkb: bytes) -> 
         yield pa.RecordBatch.from_arrays([*arrays, column], names=[*names, GEOMETRY_NAME])
 
 
-def _without_carrier(reader: Iterator[pa.RecordBatch], features: int) -> Iterator[pa.RecordBatch]:
-    """The part's own features: the rows before the carrier."""
+SEQUENCE_FRAMING = (
+    "in a GeoJSON sequence each feature must be on a line of its own, or every feature must start with the record"
+    " separator (RS, 0x1E): this file mixes the two or holds two features on one line"
+)
+
+
+def _without_carrier(
+    reader: Iterator[pa.RecordBatch], features: int, label: str, first: int, why: str
+) -> Iterator[pa.RecordBatch]:
+    """The part's own features: the rows before the carrier. GDAL reading another number than the scan
+    found means the two split the text differently (`why` says how that can be)."""
     seen = 0
     for batch in reader:
         keep = max(0, min(batch.num_rows, features - seen))
@@ -399,7 +410,10 @@ def _without_carrier(reader: Iterator[pa.RecordBatch], features: int) -> Iterato
         if keep:
             yield batch if keep == batch.num_rows else batch.slice(0, keep)
     if seen != features + 1:
-        raise PermanentTaskError(f"GDAL read {seen - 1} features from a part planned with {features}")
+        raise PermanentTaskError(
+            f"{label}: GDAL reads {max(seen - 1, 0)} features where features {first}..{first + features - 1} are;"
+            f" {why}"
+        )
 
 
 def part_source(params: dict[str, Any], store: BlobStore, folder: Path) -> Source:

@@ -34,6 +34,9 @@ RESERVED_WORDS = frozenset(
 )
 
 TABLE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# PostGIS's own catalog names: the features API leaves tables so named out of every schema it serves,
+# so a dataset by one of these names would be published and never served.
+POSTGIS_CATALOG_NAMES = frozenset({"spatial_ref_sys", "geometry_columns", "geography_columns"})
 
 
 def table_name_problem(name: str) -> str | None:
@@ -48,6 +51,11 @@ def table_name_problem(name: str) -> str | None:
         return f"table_name {shown} is longer than {MAX_IDENTIFIER_BYTES} bytes (PostgreSQL's identifier limit)"
     if name in RESERVED_WORDS:
         return f"table_name {shown} is a reserved word in PostgreSQL; choose another name"
+    if name in POSTGIS_CATALOG_NAMES:
+        return (
+            f"table_name {shown} is the name of a PostGIS catalog table, which the features API never serves;"
+            " choose another name"
+        )
     return None
 
 

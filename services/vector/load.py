@@ -131,8 +131,10 @@ def load_vector_chunk(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any
         result = _load_prepared(params, ctx) if kind is None else _load_part(params, kind, ctx)
     except COPY_ERRORS as exc:
         # bad values, or rows wider than a PostgreSQL page (e.g. >1000 numeric columns): no retry helps
-        what = params["chunk_path"] if kind is None else kind.describe(params)
-        raise PermanentTaskError(f"loading chunk '{what}' into {schema}.{table} failed: {exc}") from None
+        # the user's file and the part of it, not the job's staging table or intermediate chunk
+        source = params.get("blob_name") or params.get("source_file") or params.get("chunk_path")
+        what = f"chunk {params['chunk_index']}" if kind is None else kind.describe(params)
+        raise PermanentTaskError(f"loading '{source}' ({what}) failed: {_copy_problem(exc)}") from None
     result |= {
         "chunk_index": params["chunk_index"],
         "table": f"{schema}.{table}",
@@ -141,6 +143,17 @@ def load_vector_chunk(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any
     if "catalog" in params:  # what stage 3 needs from stage 1, carried by the first chunk
         result["catalog"] = params["catalog"]
     return result
+
+
+def _copy_problem(exc: psycopg.Error) -> str:
+    """PostgreSQL's message without its CONTEXT (which names the job's staging table, not the user's),
+    and what to do about a row wider than a page."""
+    message = exc.diag.message_primary or str(exc).splitlines()[0]
+    if exc.diag.message_detail:
+        message += f" ({exc.diag.message_detail})"
+    if isinstance(exc, psycopg.errors.ProgramLimitExceeded) and "row is too big" in message:
+        message += "; a row must fit in one PostgreSQL page: load fewer columns (or fewer large values) per table"
+    return message
 
 
 def _load_prepared(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -228,6 +241,6 @@ def _load_part(params: dict[str, Any], kind: PartKind, ctx: TaskContext) -> dict
         "features_dropped": dropped,
         "features_repaired": stats.repaired,
         "geometry_stats": stats.as_dict(),
-        "values_out_of_range": sink.stats.out_of_range,
+        "values_out_of_range": sink.stats.out_of_range + reader.values_out_of_range,
         "repair_child_peak_mb": round(options.repair.child_peak_kb / 1024, 1),
     }

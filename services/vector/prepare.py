@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ from infrastructure.blob import get_blob_store
 from services.context import TaskContext, checkpoint
 from services.vector import columns as C
 from services.vector.chunks import AUTO_MAX_BYTES, ChunkWriter, auto_chunk_size, chunk_prefix
+from services.vector.datetimes import is_gdal_datetime, utc_timestamps
 from services.vector.geometry import (
     GeometryOptions,
     GeometryStats,
@@ -38,6 +40,7 @@ from services.vector.source import (
     TEMP_PREFIX,
     LayerSource,
     Source,
+    check_distinct_fields,
     download,
     open_source,
     scrub,
@@ -52,6 +55,24 @@ class Sink(Protocol):
     def add(self, table: pa.Table, families: set[str]) -> None: ...
 
 
+def _batches_of(reader: Iterator[pa.RecordBatch], layer: LayerSource) -> Iterator[pa.RecordBatch]:
+    """GDAL's batches; a file on this machine that GDAL stops reading part way is damaged, and reading it
+    again will not help (over the network, in place, a failed request may well succeed again)."""
+    batches = iter(reader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowInvalid) as exc:  # GDAL's read errors, as the Arrow stream reports them
+            if layer.path.startswith("/vsi"):
+                raise
+            raise PermanentTaskError(
+                f"could not read {layer.label} to its end: {exc} (the file is likely truncated or damaged)"
+            ) from None
+        yield batch
+
+
 class SourceReader:
     """Reads every layer of a source into a sink (chunk files, or a COPY), keeping the counts the job reports."""
 
@@ -61,6 +82,7 @@ class SourceReader:
         self.types: dict[str, str] = {}
         self.stats = GeometryStats()
         self.features_read = 0
+        self.values_out_of_range = 0  # DateTime values that name no instant (stored as NULL)
         self.crs_seen: list[str] = []
         self.progress: TaskProgress | None = None
 
@@ -76,13 +98,18 @@ class SourceReader:
             if layer.where:
                 kwargs["where"] = layer.where
             with (layer.opener or pyogrio.open_arrow)(
-                layer.path, layer=layer.layer, batch_size=GDAL_BATCH_ROWS, use_pyarrow=True, **kwargs
+                layer.path,
+                layer=layer.layer,
+                batch_size=GDAL_BATCH_ROWS,
+                use_pyarrow=True,
+                datetime_as_string=True,  # offsets kept: see datetimes.py
+                **kwargs,
             ) as (meta, reader):
                 reprojector = Reprojector(self.src.crs or meta.get("crs"), layer.label)
                 self.crs_seen.append(reprojector.description)
                 geom_name = meta.get("geometry_name") or "wkb_geometry"
                 offset = layer.offset
-                for batch in reader:
+                for batch in _batches_of(reader, layer):
                     if geom_name not in batch.schema.names:
                         raise PermanentTaskError(f"{layer.label} has no geometry column")
                     self._batch(batch, geom_name, reprojector, offset, layer.label)
@@ -101,11 +128,15 @@ class SourceReader:
             self.progress.read(batch.num_rows)
         prepared = prepare_geometries(batch.column(geom_name), offset, label, reprojector, self.options, self.stats)
         keep, wkb = prepared.keep, prepared.wkb
+        check_distinct_fields(batch.schema.names, label)
         names, arrays = [], []
         for field, col in zip(batch.schema, batch.columns, strict=True):
             if field.name == geom_name:
                 continue
             clean = self.namer.name(field.name)
+            if is_gdal_datetime(field):
+                col, impossible = utc_timestamps(col)
+                self.values_out_of_range += impossible
             col = C.normalize(col)
             if col.type == pa.string():
                 self._check_utf8(col, field.name, offset, label)
@@ -280,6 +311,7 @@ def _prepare_chunks(params: dict[str, Any], ctx: TaskContext, started: float) ->
         "intermediate_container": settings.intermediate_container,
         "chunk_prefix": chunk_prefix(ctx.job_id, ctx.run),
         "source_features": reader.features_read,
+        "values_out_of_range": reader.values_out_of_range,
         "total_rows": writer.rows,
         "features_dropped": dropped,
         "features_dropped_total": sum(dropped.values()),

@@ -50,6 +50,7 @@ from services.vector.source import (
     _check_zipped_shapefile,
     _pick_member,
     _zip_members,
+    check_distinct_fields,
     download,
     find_sidecar,
     scrub,
@@ -323,6 +324,7 @@ def _describe(src: Source, path: Path, blob: str, label: str) -> tuple[ColumnNam
             f"'{blob}' has column or layer names that are not UTF-8 text ({sample!r}); "
             'set converter_params.encoding to the encoding of its .dbf (e.g. "latin1")'
         ) from None
+    check_distinct_fields(schema.names, label)
     geom_name = meta.get("geometry_name") or "wkb_geometry"
     namer = ColumnNamer()
     columns = []

@@ -110,6 +110,18 @@ def download(store: BlobStore, container: str, blob_name: str, ext: str, folder:
     return local
 
 
+def check_distinct_fields(names: list[str], label: str) -> None:
+    """Two fields of one name (a CSV header or a DBF can hold them): which of them a column, a parameter
+    or a query means would be a guess, so the file is refused naming the field."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise PermanentTaskError(
+                f"{label} has more than one field named '{name}'; give each field its own name and submit again"
+            )
+        seen.add(name)
+
+
 def scrub(message: str, blob_name: str) -> str:
     """A GDAL message as a user should read it: the worker's temporary paths become the blob's name."""
     message = _IN_PLACE_PATH.sub(blob_name, _LOCAL_PATH.sub(blob_name, message))
