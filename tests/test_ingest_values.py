@@ -142,3 +142,21 @@ def test_postgis_catalog_names_are_refused_as_table_names(db, nonce, name):
     with pytest.raises(JobValidationError) as info:
         submit_job("ingest_vector", {"blob_name": blob, "file_extension": "geojson", "table_name": name})
     assert "PostGIS catalog" in str(info.value) and name in str(info.value)
+
+
+def test_both_parses_of_date_times_agree_and_only_the_field_by_field_one_sees_impossible_values():
+    """Arrow's parser takes a column of one kind in one pass; a mixed or impossible one is parsed field by
+    field: on the values both take, they must give the same instants."""
+    import pyarrow as pa
+
+    from services.vector.datetimes import _parsed_field_by_field, utc_timestamps
+
+    zoned = [t for t, _ in OFFSETS if t[19:]] + ["1969-12-31T23:59:59.999999Z", None]  # each with its offset
+    naive = ["2024-06-01T00:00:00", "0001-01-01T00:00:00.5", None]
+    for values in (zoned, naive):
+        fast, bad = utc_timestamps(pa.array(values))
+        slow, slow_bad = _parsed_field_by_field(pa.array(values))
+        assert fast.equals(slow) and bad == slow_bad == 0
+    mixed = pa.array([t for t, _ in OFFSETS] + ["2023-02-29T10:00:00Z", "2024-01-01T24:00:00Z", "junk", None])
+    out, bad = utc_timestamps(mixed)
+    assert out.to_pylist() == [instant for _, instant in OFFSETS] + [None] * 4 and bad == 3
