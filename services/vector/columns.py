@@ -18,13 +18,15 @@ NULL = "null"  # a column with only nulls so far: any later type wins
 INTEGER, BIGINT, DOUBLE = "integer", "bigint", "double precision"
 BOOLEAN, DATE, TIMESTAMPTZ, TIME = "boolean", "date", "timestamp with time zone", "time"
 TEXT, JSONB, BYTEA = "text", "jsonb", "bytea"
-PG_TYPES = (INTEGER, BIGINT, DOUBLE, BOOLEAN, DATE, TIMESTAMPTZ, TIME, TEXT, JSONB, BYTEA)
+NUMERIC = "numeric"  # a decimal keeps every digit (a double holds ~15)
+PG_TYPES = (INTEGER, BIGINT, DOUBLE, NUMERIC, BOOLEAN, DATE, TIMESTAMPTZ, TIME, TEXT, JSONB, BYTEA)
 TEMPORAL_TYPES = (DATE, TIMESTAMPTZ)
 
 ARROW_OF = {
     INTEGER: pa.int32(),
     BIGINT: pa.int64(),
     DOUBLE: pa.float64(),
+    NUMERIC: pa.string(),  # the exact decimal text; pgcopy encodes it
     BOOLEAN: pa.bool_(),
     DATE: pa.date32(),
     TIMESTAMPTZ: pa.timestamp("us", tz="UTC"),
@@ -48,7 +50,9 @@ def pg_type_of(t: pa.DataType) -> str:
         return INTEGER
     if pa.types.is_int64(t) or pa.types.is_uint32(t):
         return BIGINT
-    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+    if pa.types.is_decimal(t):
+        return NUMERIC
+    if pa.types.is_floating(t):
         return DOUBLE
     if pa.types.is_date(t):
         return DATE
@@ -76,6 +80,8 @@ def merge_types(a: str, b: str) -> str:
         return a
     if a in _NUMERIC_RANK and b in _NUMERIC_RANK:
         return a if _NUMERIC_RANK[a] > _NUMERIC_RANK[b] else b
+    if {a, b} in ({NUMERIC, INTEGER}, {NUMERIC, BIGINT}):
+        return NUMERIC  # (with doubles, text: a double's digits are not the decimal's)
     if {a, b} == {DATE, TIMESTAMPTZ}:
         return TIMESTAMPTZ
     return TEXT

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from psycopg.types.numeric import NumericBinaryDumper
 
 from services.vector import columns as C
+
+_NUMERIC = NumericBinaryDumper(Decimal)
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
@@ -100,6 +104,12 @@ def _encode_date(col: pa.Array, stats: EncodeStats) -> pa.Array:
     return _with_nulls(_from_fixed(np.where(valid, values, 0).astype(">i4")), valid)
 
 
+def numeric_field(text: str) -> bytes:
+    """A decimal's text ('-123.4500', '1.2E+5') in PostgreSQL's binary numeric format, every digit kept
+    (psycopg's own encoder). One value at a time: decimals are rare (GeoParquet)."""
+    return bytes(_NUMERIC.dump(Decimal(text)))
+
+
 def encode_column(col: pa.Array, pg_type: str, stats: EncodeStats) -> pa.Array:
     """One column (already cast to its final type's Arrow type) as wire-format fields."""
     if pg_type == C.TIMESTAMPTZ:
@@ -117,6 +127,8 @@ def encode_column(col: pa.Array, pg_type: str, stats: EncodeStats) -> pa.Array:
         return encode_variable(payload)
     if pg_type == C.BYTEA:
         return encode_variable(col)
+    if pg_type == C.NUMERIC:
+        return encode_variable(pa.array([None if v is None else numeric_field(v) for v in col.to_pylist()], LB))
     valid = _valid_mask(col)
     if pg_type == C.TIME:
         values = _numbers(col.cast(pa.time64("us")).view(pa.int64())).astype(">i8")

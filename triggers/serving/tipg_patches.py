@@ -26,17 +26,20 @@ Each one is small and keeps tipg's own signatures, so it can be dropped when tip
 from __future__ import annotations
 
 import contextvars
+import decimal
 import json
 from typing import Any
 
 import asyncpg
 import numpy as np
+import orjson
 import pyproj
 import shapely
 from tipg import collections as tipg_collections
 from tipg import factory as tipg_factory
 from tipg.collections import Feature, ItemList, PgCollection, features_settings, mvt_settings
 from tipg.errors import InvalidGeometryColumnName, InvalidLimit, NotFound
+from tipg.resources import response as tipg_response
 from tipg.resources.response import orjsonDumps
 
 from services.vector.overviews import (
@@ -400,6 +403,17 @@ class _GeoJSONResponse(tipg_factory.GeoJSONResponse):
         return orjsonDumps(content)
 
 
+def _json_default(obj: Any) -> Any:
+    """A numeric column's value as a JSON number with every digit (its queryable says "number"); tipg wrote
+    the digits as a string. NaN, which JSON has no number for, stays a string."""
+    if isinstance(obj, decimal.Decimal) and obj.is_finite():
+        return orjson.Fragment(str(obj))
+    return _tipg_default(obj)
+
+
+_tipg_default = tipg_response.default
+
+
 def _drop_oas30() -> None:
     for conforms in (tipg_factory.COMMON_CONFORMS, tipg_factory.FEATURES_CONFORMS, tipg_factory.TILES_CONFORMS):
         conforms[:] = [c for c in conforms if not c.endswith("/conf/oas30")]
@@ -416,5 +430,6 @@ def install() -> None:
     PgCollection._select_mvt = _select_mvt  # type: ignore[method-assign]
     mvt_settings.max_features_per_tile = TILE_HARD_LIMIT
     tipg_factory.GeoJSONResponse = _GeoJSONResponse  # type: ignore[misc]
+    tipg_response.default = _json_default  # orjsonDumps looks it up at each call
     _drop_oas30()
     _installed = True
