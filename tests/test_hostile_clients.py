@@ -188,6 +188,11 @@ def test_features_cases_answer_4xx_json(served: dict[str, Any]) -> None:
     items = f"{api}/features/collections/{table}/items"
     assert_error(requests.get(items, params={"bbox": "nan,nan,nan,nan"}, timeout=30), 400, "bbox")
     assert_error(requests.get(items, params={"bbox": "0,0,inf,1"}, timeout=30), 400, "bbox")
+    # south above north: tipg swapped the edges and answered for another box; the STAC API says 400 too
+    for url in (items, f"{api}/stac/search"):
+        assert_error(requests.get(url, params={"bbox": "0,10,10,0"}, timeout=30), 400, "southern edge")
+    across = requests.get(items, params={"bbox": "170,-10,-170,10"}, timeout=30)  # over the antimeridian
+    assert across.status_code == 200, across.text[:300]
     r = requests.get(f"{items}/1e23", timeout=30)
     assert_error(r, (400, 404))
     assert_error(requests.get(f"{api}/features/collections/{table}/tiles/WebMercatorQuad/-1/0/0", timeout=30),

@@ -133,8 +133,12 @@ def check_filter_geometries(tree: Any, name: str = "filter") -> None:
             ) from None
 
 
-def check_bbox(value: str, name: str = "bbox") -> None:
-    """A bbox of NaN or infinite numbers selects nothing sensible: refused (non-numbers are left to the API)."""
+def check_bbox(value: str, name: str = "bbox", lon_lat: bool = True) -> None:
+    """A bbox of NaN or infinite numbers selects nothing sensible: refused (non-numbers are left to the API).
+    In longitude/latitude (`lon_lat`: no other bbox-crs), a southern edge north of the northern one is
+    refused too: the STAC API did, the features API swapped the edges and answered another box. (A west
+    edge east of the east one is a box across the antimeridian.)"""
+    numbers = []
     for part in value.split(","):
         try:
             number = float(part)
@@ -142,6 +146,13 @@ def check_bbox(value: str, name: str = "bbox") -> None:
             continue
         if not math.isfinite(number):
             raise QueryRefused(f"'{name}' holds {part.strip()!r}; bbox coordinates must be finite numbers")
+        numbers.append(number)
+    south, north = {4: (1, 3), 6: (1, 4)}.get(len(value.split(",")), (None, None))
+    if lon_lat and south is not None and len(numbers) in (4, 6) and numbers[south] > numbers[north]:
+        raise QueryRefused(
+            f"'{name}' has its southern edge ({numbers[south]:g}) north of its northern edge ({numbers[north]:g});"
+            " a bbox is west, south, east, north"
+        )
 
 
 NON_NEGATIVE = ("simplify",)  # tipg passes it to ST_SimplifyPreserveTopology, where GEOS fails on < 0
@@ -168,7 +179,7 @@ def check_query(items: list[tuple[str, str]]) -> None:
         elif bracket_depth(value) > MAX_QUERY_NESTING:
             raise QueryRefused(f"query parameter {preview(key)} nests more than {MAX_QUERY_NESTING} levels deep")
         if key == "bbox":
-            check_bbox(value)
+            check_bbox(value, lon_lat=dict(items).get("bbox-crs", "CRS84").rstrip("h").endswith("CRS84"))
         if key in NON_NEGATIVE:
             check_non_negative(key, value)
         if _INTEGER.match(value) and not -(2**63) <= int(value) < 2**63:
