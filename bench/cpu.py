@@ -15,27 +15,20 @@ from typing import Any
 
 import psutil
 
+from bench.rss import per_group, process_tree
+
 
 def tree_cpu(pid: int) -> float:
-    """User + system seconds of a process, its reaped children and its live descendants (0 when gone).
-
-    A reaped child's time is in its parent's `children_*` once waited for, so exited backends of the
-    PostgreSQL server and finished helper processes still count.
-    """
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
+    """User + system seconds of a process and its live descendants, each with its reaped children
+    (0 when it is gone). A process's time moves into its parent's `children_*` once waited for, so exited
+    backends of the PostgreSQL server and finished repair children still count, and only once."""
     total = 0.0
-    for i, p in enumerate(procs):
+    for p in process_tree(pid):
         try:
             t = p.cpu_times()
         except psutil.Error:
             continue
-        total += t.user + t.system
-        if i == 0:  # descendants' reaped children are in their own parents, counted once through the root
-            total += t.children_user + t.children_system
+        total += t.user + t.system + t.children_user + t.children_system
     return total
 
 
@@ -74,14 +67,7 @@ class CpuMeter:
         self.total: dict[str, Any] = {}
 
     def _snapshot(self) -> tuple[float, float, dict[str, float]]:
-        per: dict[str, float] = {}
-        for name, roots in self.groups.items():
-            try:
-                pids = roots()
-            except OSError:
-                pids = []
-            per[name] = sum(tree_cpu(pid) for pid in pids)
-        return time.perf_counter(), machine_busy(), per
+        return time.perf_counter(), machine_busy(), per_group(self.groups, tree_cpu)
 
     @staticmethod
     def _delta(a: tuple[float, float, dict[str, float]], b: tuple[float, float, dict[str, float]]) -> dict[str, Any]:

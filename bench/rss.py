@@ -11,26 +11,43 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
 MB = 1024 * 1024
 
 
-def tree_rss(pid: int) -> int:
-    """RSS in bytes of a process and all its descendants (0 when it is gone)."""
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and all its live descendants ([] when it is gone)."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return []
+
+
+def tree_rss(pid: int) -> int:
+    """RSS in bytes of a process and all its descendants (0 when it is gone)."""
     total = 0
-    for p in procs:
+    for p in process_tree(pid):
         try:
             total += p.memory_info().rss
         except psutil.Error:
             pass
     return total
+
+
+def per_group(groups: dict[str, Callable[[], list[int]]], measure: Callable[[int], float]) -> dict[str, Any]:
+    """measure(pid) summed over each group's root pids (a group whose pids cannot be read counts 0)."""
+    out: dict[str, Any] = {}
+    for name, roots in groups.items():
+        try:
+            pids = roots()
+        except OSError:
+            pids = []
+        out[name] = sum(measure(pid) for pid in pids)
+    return out
 
 
 class RssSampler:
@@ -51,14 +68,7 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def sample(self) -> dict[str, int]:
-        now: dict[str, int] = {}
-        for name, roots in self.groups.items():
-            try:
-                pids = roots()
-            except OSError:
-                pids = []
-            now[name] = sum(tree_rss(pid) for pid in pids)
-        return now
+        return per_group(self.groups, tree_rss)
 
     def _record(self, now: dict[str, int]) -> None:
         for name, value in now.items():

@@ -361,3 +361,13 @@ def test_the_cpu_meter_counts_a_process_tree_and_its_reaped_children() -> None:
     assert child["busy_s"] >= child["cpu_s"]["me"] - 0.05  # the machine was busy at least that long
     assert meter.result()["cpu_s"]["me"] >= child["cpu_s"]["me"]
     assert tree_cpu(2**22 + 12345) == 0.0  # a pid that does not exist
+
+    # a grandchild reaped by a child that still runs (a worker's repair child): in the child's tree
+    parent = f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {burn!r}])\nprint('done', flush=True)\n" \
+        "sys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "done"
+        assert tree_cpu(child.pid) >= 0.3
+    finally:
+        child.communicate("")
