@@ -206,6 +206,8 @@ def _install_errors(app: FastAPI) -> None:
             keeper: CatalogKeeper | None = getattr(request.app.state, "keeper", None)
             if keeper is not None:
                 keeper.invalidate()
+            log.info("%s: %s (catalog build %s in use)", request.url.path, str(exc).splitlines()[0][:200],
+                     keeper.published_build if keeper is not None else "-")
         if state.startswith(("22", "42")):  # data exception, bad column or operator in a filter
             message = str(exc).splitlines()[0][:300]
             return JSONResponse(error_body("validation_error", f"the query was refused: {message}"), status_code=400)
