@@ -248,3 +248,23 @@ def test_a_reader_that_met_a_vanished_column_gets_a_catalog_built_after_it(datab
     finally:
         with psycopg.connect(database, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_only_a_missing_column_the_catalog_lists_counts_as_a_replaced_table() -> None:
+    """`filter=nope = 1` fails with 42703 like a read of a replaced table; it cost a catalog rebuild and
+    (with two replays) three, per request: a client could keep every API process rebuilding."""
+    from types import SimpleNamespace
+
+    from triggers.serving.features import _catalog_column
+
+    keeper = SimpleNamespace(collections=lambda: {"geo.t": SimpleNamespace(properties=[
+        SimpleNamespace(name="c2"), SimpleNamespace(name="a b")])})
+    request = SimpleNamespace(path_params={"collectionId": "geo.t"})
+    assert _catalog_column(request, keeper, 'column "c2" does not exist')  # the catalog has it: stale
+    assert _catalog_column(request, keeper, "column t.c2 does not exist")
+    assert _catalog_column(request, keeper, 'column "a b" does not exist')
+    assert not _catalog_column(request, keeper, 'column "nope" does not exist')  # the client's own name
+    assert not _catalog_column(request, keeper, "column nope does not exist")
+    # not known to be the client's: treated as a replaced table
+    assert _catalog_column(SimpleNamespace(path_params={}), keeper, 'column "nope" does not exist')
+    assert _catalog_column(request, keeper, "some other wording")

@@ -9,6 +9,7 @@ that keeps the catalog fresh and resolves the seed's bare table names.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, get_args
 from urllib.parse import quote, unquote
 
@@ -202,12 +203,12 @@ def _install_errors(app: FastAPI) -> None:
 
     async def _postgres(request: Request, exc: Exception) -> JSONResponse:
         state = getattr(exc, "sqlstate", "") or ""
-        if state == "42703":  # a column vanished: the table may have been replaced under the catalog
-            keeper: CatalogKeeper | None = getattr(request.app.state, "keeper", None)
-            if keeper is not None:
-                keeper.invalidate()
+        keeper: CatalogKeeper | None = getattr(request.app.state, "keeper", None)
+        if state == "42703" and keeper is not None and _catalog_column(request, keeper, str(exc)):
+            # a column the catalog lists vanished: the table was replaced under the catalog
+            keeper.invalidate()
             log.info("%s: %s (catalog build %s in use)", request.url.path, str(exc).splitlines()[0][:200],
-                     keeper.published_build if keeper is not None else "-")
+                     keeper.published_build)
         if state.startswith(("22", "42")):  # data exception, bad column or operator in a filter
             message = str(exc).splitlines()[0][:300]
             return JSONResponse(error_body("validation_error", f"the query was refused: {message}"), status_code=400)
@@ -223,6 +224,20 @@ def _install_errors(app: FastAPI) -> None:
     app.add_exception_handler(ValueError, _bad_value)
     app.add_exception_handler(asyncpg.UndefinedTableError, _undefined_table)
     app.add_exception_handler(asyncpg.PostgresError, _postgres)
+
+
+_MISSING_COLUMN = re.compile(r'column (?:\w+\.)?"?([^"]+?)"? does not exist')
+
+
+def _catalog_column(request: Request, keeper: CatalogKeeper, message: str) -> bool:
+    """Whether the column a query missed is one the catalog lists for the collection: the table changed
+    under the catalog. A column only the client named (`filter=nope = 1`) is the client's error, which
+    must not cost a catalog rebuild."""
+    found = _MISSING_COLUMN.search(message)
+    collection = keeper.collections().get(request.path_params.get("collectionId", ""))
+    if found is None or collection is None:
+        return True  # not known to be the client's: assume the table changed
+    return any(column.name == found.group(1) for column in collection.properties)
 
 
 def _handler(status: int, kind: str) -> Any:
