@@ -191,6 +191,8 @@ def test_features_cases_answer_4xx_json(served: dict[str, Any]) -> None:
     # south above north: tipg swapped the edges and answered for another box; the STAC API says 400 too
     for url in (items, f"{api}/stac/search"):
         assert_error(requests.get(url, params={"bbox": "0,10,10,0"}, timeout=30), 400, "southern edge")
+        # six parts, four of them numbers: the edge check indexed past them (500)
+        assert_error(requests.get(url, params={"bbox": "0,x,y,1,2,3"}, timeout=30), (400, 422))
     across = requests.get(items, params={"bbox": "170,-10,-170,10"}, timeout=30)  # over the antimeridian
     assert across.status_code == 200, across.text[:300]
     r = requests.get(f"{items}/1e23", timeout=30)

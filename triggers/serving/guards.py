@@ -138,8 +138,9 @@ def check_bbox(value: str, name: str = "bbox", lon_lat: bool = True) -> None:
     In longitude/latitude (`lon_lat`: no other bbox-crs), a southern edge north of the northern one is
     refused too: the STAC API did, the features API swapped the edges and answered another box. (A west
     edge east of the east one is a box across the antimeridian.)"""
+    parts = value.split(",")
     numbers = []
-    for part in value.split(","):
+    for part in parts:
         try:
             number = float(part)
         except ValueError:
@@ -147,12 +148,13 @@ def check_bbox(value: str, name: str = "bbox", lon_lat: bool = True) -> None:
         if not math.isfinite(number):
             raise QueryRefused(f"'{name}' holds {part.strip()!r}; bbox coordinates must be finite numbers")
         numbers.append(number)
-    south, north = {4: (1, 3), 6: (1, 4)}.get(len(value.split(",")), (None, None))
-    if lon_lat and south is not None and len(numbers) in (4, 6) and numbers[south] > numbers[north]:
-        raise QueryRefused(
-            f"'{name}' has its southern edge ({numbers[south]:g}) north of its northern edge ({numbers[north]:g});"
-            " a bbox is west, south, east, north"
-        )
+    if lon_lat and len(numbers) == len(parts) in (4, 6):  # west, south[, low], east, north[, high]
+        south, north = numbers[1], numbers[len(parts) // 2 + 1]
+        if south > north:
+            raise QueryRefused(
+                f"'{name}' has its southern edge ({south:g}) north of its northern edge ({north:g});"
+                " a bbox is west, south, east, north"
+            )
 
 
 NON_NEGATIVE = ("simplify",)  # tipg passes it to ST_SimplifyPreserveTopology, where GEOS fails on < 0
