@@ -41,9 +41,8 @@ def label_of(type_name: str) -> str:
 
 def _ints(text: pa.Array) -> np.ndarray:
     """Digits -> integers; null (no match) or an optional group that matched nothing ("") is 0."""
-    if pc.any(pc.equal(text, "")).as_py():
-        text = pc.if_else(pc.equal(text, ""), None, text)
-    return pc.fill_null(text.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+    digits = pc.if_else(pc.equal(text, ""), None, text)
+    return pc.fill_null(digits.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
 
 
 def utc_timestamps(col: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, int]:

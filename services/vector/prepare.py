@@ -126,9 +126,9 @@ class SourceReader:
         self.features_read += batch.num_rows
         if self.progress is not None:
             self.progress.read(batch.num_rows)
+        check_distinct_fields(batch.schema.names, label)
         prepared = prepare_geometries(batch.column(geom_name), offset, label, reprojector, self.options, self.stats)
         keep, wkb = prepared.keep, prepared.wkb
-        check_distinct_fields(batch.schema.names, label)
         names, arrays = [], []
         for field, col in zip(batch.schema, batch.columns, strict=True):
             if field.name == geom_name:

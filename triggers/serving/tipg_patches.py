@@ -403,15 +403,15 @@ class _GeoJSONResponse(tipg_factory.GeoJSONResponse):
         return orjsonDumps(content)
 
 
+_tipg_default = tipg_response.default
+
+
 def _json_default(obj: Any) -> Any:
     """A numeric column's value as a JSON number with every digit (its queryable says "number"); tipg wrote
     the digits as a string. NaN, which JSON has no number for, stays a string."""
     if isinstance(obj, decimal.Decimal) and obj.is_finite():
         return orjson.Fragment(str(obj))
     return _tipg_default(obj)
-
-
-_tipg_default = tipg_response.default
 
 
 def _drop_oas30() -> None:
